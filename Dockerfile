@@ -1,0 +1,23 @@
+# The Ray image of the weather pipeline: the official Ray image of the pinned Ray version
+# and Python 3.11, plus this package (serve_app with its generated gRPC stubs in
+# serve_app/pb). Used by every Ray pod of kuberay/rayservice.yaml.
+#
+#   docker build -t weather-pipeline:0.1.0 .
+#
+# Keep the tag in step with `ray[serve]==...` in pyproject.toml and rayVersion in
+# kuberay/rayservice.yaml (tests/test_k8s_manifests.py checks all three).
+FROM rayproject/ray:2.60.0-py311
+
+WORKDIR /home/ray/weather-pipeline
+
+# Sources only (see .dockerignore): pyproject.toml, README.md, serve_app (with serve_app/pb),
+# devstack, loadtest, proto.
+COPY --chown=1000:100 . .
+
+# Checked from / so the installed package (not the sources) must contain the gRPC stubs.
+RUN pip install --no-cache-dir . \
+ && cd / && python -c "import ray, serve_app.settings, serve_app.store, serve_app.pb.weather.v1.weather_pb2_grpc; assert ray.__version__ == '2.60.0', ray.__version__"
+
+# Run from a neutral directory so Ray imports the installed package, not the sources.
+WORKDIR /home/ray
+USER 1000

@@ -1,0 +1,331 @@
+"""The weather pipeline's Grafana dashboard, as code (grafana-foundation-sdk).
+
+Writes ``k8s/infra/grafana/dashboards/weather.json``, which kustomize ships to Grafana as a
+ConfigMap (``grafana-weather-dashboards``). ``tests/test_grafana_dashboard.py`` fails when the
+committed JSON is stale or when a Redis command reads a key that ``serve_app.store.KEYS`` does
+not define.
+
+    python -m grafana.dashboard           # rewrite the JSON
+    python -m grafana.dashboard --check   # exit 1 if it is out of date
+
+Panels: total tweets in Redis (fed by Kafka) and Valkey (fed by RabbitMQ) side by side; per
+store tweets by country, by weather, country x weather, the latest tweets, memory and ops/s;
+from Prometheus, requests/s and healthy replicas per Serve deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import barchart, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+
+from serve_app.store import KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "k8s" / "infra" / "grafana" / "dashboards" / "weather.json"
+DASHBOARD_UID = "weather-pipeline"
+LATEST_ROWS = 50
+
+# Data source uids, provisioned in k8s/infra/grafana/provisioning/datasources/datasources.yaml.
+PROMETHEUS = models.DataSourceRef(type_val="prometheus", uid="prometheus")
+
+
+@dataclass(frozen=True)
+class Store:
+    title: str
+    source: str
+    ref: models.DataSourceRef
+
+
+STORES = (
+    Store("Redis", "Kafka", models.DataSourceRef(type_val="redis-datasource", uid="redis")),
+    Store("Valkey", "RabbitMQ", models.DataSourceRef(type_val="redis-datasource", uid="valkey")),
+)
+
+
+class RedisQuery(cogvariants.Dataquery):
+    """A target of the Redis data source plugin (redis-datasource): no SDK model exists for it."""
+
+    def __init__(self, ref_id: str, datasource: models.DataSourceRef, **fields: Any) -> None:
+        self.ref_id = ref_id
+        self.datasource = datasource
+        self.fields = fields
+
+    def to_json(self) -> dict[str, object]:
+        return {"refId": self.ref_id, "datasource": self.datasource, **self.fields}
+
+
+class Redis(cogbuilder.Builder[cogvariants.Dataquery]):
+    def __init__(self, query: RedisQuery) -> None:
+        self._query = query
+
+    def build(self) -> RedisQuery:
+        return self._query
+
+    @classmethod
+    def command(cls, store: Store, command: str, key: str = "", **extra: Any) -> Redis:
+        """One of the plugin's built-in commands (get, hgetall, info, ...)."""
+        fields: dict[str, Any] = {"type": "command", "command": command, "query": ""}
+        if key:
+            fields["keyName"] = key
+        fields.update(extra)
+        return cls(RedisQuery("A", store.ref, **fields))
+
+    @classmethod
+    def cli(cls, store: Store, *args: str | int) -> Redis:
+        """A raw command (the plugin has no built-in LRANGE)."""
+        query = " ".join(str(a) for a in args)
+        return cls(RedisQuery("A", store.ref, type="command", command="", query=query))
+
+    @classmethod
+    def info_stream(cls, store: Store, section: str) -> Redis:
+        """INFO <section> polled every second into a time series (plugin streaming)."""
+        return cls.command(
+            store,
+            "info",
+            section=section,
+            streaming=True,
+            streamingInterval=1000,
+            streamingCapacity=900,
+            streamingDataType="TimeSeries",
+        )
+
+
+def _transform(id_val: str, options: dict[str, Any]) -> models.DataTransformerConfig:
+    return models.DataTransformerConfig(id_val=id_val, options=options)
+
+
+def _hash_to_numbers() -> list[models.DataTransformerConfig]:
+    """HGETALL answers a Field/Value frame of strings: numbers, biggest first."""
+    return [
+        _transform(
+            "convertFieldType",
+            {"conversions": [{"targetField": "Value", "destinationType": "number"}], "fields": {}},
+        ),
+        _transform("sortBy", {"sort": [{"field": "Value", "desc": True}]}),
+    ]
+
+
+def _only_fields(*names: str) -> models.DataTransformerConfig:
+    return _transform("filterFieldsByName", {"include": {"names": ["#time", *names]}})
+
+
+def _total(store: Store) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(f"Tweets in {store.title} (from {store.source})")
+        .description(f"GET {KEYS.total}: tweets counted once each by the {store.source} consumer.")
+        .datasource(store.ref)
+        .with_target(Redis.command(store, "get", KEYS.total))
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("/.*/"))
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .unit("short")
+        .height(6)
+        .span(12)
+    )
+
+
+def _breakdown(store: Store, title: str, key: str, span: int) -> barchart.Panel:
+    return (
+        barchart.Panel()
+        .title(f"{store.title}: {title}")
+        .description(f"HGETALL {key}")
+        .datasource(store.ref)
+        .with_target(Redis.command(store, "hgetall", key))
+        .transformations(_hash_to_numbers())
+        .x_field("Field")
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .show_value(common.VisibilityMode.AUTO)
+        .legend(common_builders.VizLegendOptions().show_legend(False))
+        .unit("short")
+        .height(9)
+        .span(span)
+    )
+
+
+def _country_weather(store: Store) -> table.Panel:
+    return (
+        table.Panel()
+        .title(f"{store.title}: tweets by country x weather")
+        .description(f"HGETALL {KEYS.by_country_weather} (fields are country:weather)")
+        .datasource(store.ref)
+        .with_target(Redis.command(store, "hgetall", KEYS.by_country_weather))
+        .transformations(
+            [
+                *_hash_to_numbers(),
+                _transform(
+                    "organize",
+                    {"renameByName": {"Field": "country:weather", "Value": "tweets"}},
+                ),
+            ]
+        )
+        .cell_height(common.TableCellHeight.SM)
+        .height(9)
+        .span(8)
+    )
+
+
+def _latest(store: Store) -> table.Panel:
+    return (
+        table.Panel()
+        .title(f"{store.title}: latest tweets")
+        .description(f"LRANGE {KEYS.latest} 0 {LATEST_ROWS - 1} (newest first)")
+        .datasource(store.ref)
+        .with_target(Redis.cli(store, "LRANGE", KEYS.latest, 0, LATEST_ROWS - 1))
+        .with_transformation(
+            _transform("extractFields", {"source": "Value", "format": "json", "replace": True})
+        )
+        .cell_height(common.TableCellHeight.SM)
+        .height(9)
+        .span(24)
+    )
+
+
+def _info_series(store: Store, title: str, section: str, field: str, unit: str) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(f"{store.title}: {title}")
+        .description(f"INFO {section}: {field}, sampled every second while the dashboard is open.")
+        .datasource(store.ref)
+        .with_target(Redis.info_stream(store, section))
+        .with_transformation(_only_fields(field))
+        .unit(unit)
+        .fill_opacity(10)
+        .height(7)
+        .span(12)
+    )
+
+
+def _prom_series(
+    title: str, description: str, expr: str, legend: str, unit: str
+) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .with_target(
+            prom.Dataquery().expr(expr).legend_format(legend).ref_id("A").datasource(PROMETHEUS)
+        )
+        .unit(unit)
+        .fill_opacity(10)
+        .legend(
+            common_builders.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.RIGHT)
+            .calcs(["lastNotNull", "max"])
+        )
+        .height(8)
+        .span(12)
+    )
+
+
+def build() -> dash.Dashboard:
+    board = (
+        dash.Dashboard("Weather pipeline")
+        .uid(DASHBOARD_UID)
+        .description(
+            "Tweets ingested through Ray Serve: Kafka drains into Redis, RabbitMQ into Valkey. "
+            "Generated by grafana/dashboard.py - do not edit in Grafana."
+        )
+        .tags(["weather", "ray-serve", "redis", "valkey"])
+        .time("now-30m", "now")
+        .refresh("10s")
+        .timezone("browser")
+        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .readonly()
+    )
+    board.with_row(dash.Row("Totals: Redis (Kafka) vs Valkey (RabbitMQ)"))
+    for store in STORES:
+        board.with_panel(_total(store))
+    for store in STORES:
+        board.with_row(dash.Row(f"{store.title} (fed by {store.source})"))
+        board.with_panel(_breakdown(store, "tweets by country", KEYS.by_country, 8))
+        board.with_panel(_breakdown(store, "tweets by weather", KEYS.by_weather, 8))
+        board.with_panel(_country_weather(store))
+        board.with_panel(_latest(store))
+        board.with_panel(_info_series(store, "memory used", "memory", "used_memory", "bytes"))
+        board.with_panel(_info_series(store, "ops/s", "stats", "instantaneous_ops_per_sec", "ops"))
+    board.with_row(dash.Row("Ray Serve (Prometheus)"))
+    board.with_panel(
+        _prom_series(
+            "Requests/s per Serve deployment",
+            "Requests processed by the replicas of each deployment.",
+            "sum by (application, deployment) "
+            "(rate(ray_serve_deployment_request_counter_total[1m]))",
+            "{{application}}/{{deployment}}",
+            "reqps",
+        )
+    )
+    board.with_panel(
+        _prom_series(
+            "Healthy replicas per Serve deployment",
+            "Serve autoscaling at work: replicas per deployment (worker pods follow).",
+            "sum by (application, deployment) (ray_serve_deployment_replica_healthy)",
+            "{{application}}/{{deployment}}",
+            "short",
+        )
+    )
+    board.with_panel(
+        _prom_series(
+            "HTTP requests/s at the ingress",
+            "REST requests through the Serve HTTP ingress, by route and status code.",
+            "sum by (application, route, status_code) "
+            "(rate(ray_serve_num_http_requests_total[1m]))",
+            "{{route}} {{status_code}}",
+            "reqps",
+        )
+    )
+    board.with_panel(
+        _prom_series(
+            "gRPC requests/s",
+            "Calls to the Publisher over gRPC (:9000), by method and status code.",
+            "sum by (application, method, status_code) "
+            "(rate(ray_serve_num_grpc_requests_total[1m]))",
+            "{{method}} {{status_code}}",
+            "reqps",
+        )
+    )
+    return board
+
+
+def render() -> str:
+    model = build().build()
+    for panel_id, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = panel_id  # stable, unique ids: the Ray dashboard embeds panels by id
+    return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT.relative_to(ROOT)} is stale: run python -m grafana.dashboard")
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Ray's own Grafana dashboards (default, Serve, Serve deployment), for provisioning.
+
+The Ray dashboard embeds panels of these dashboards (by uid) from the Grafana at
+RAY_GRAFANA_HOST. A Ray head normally writes them under /tmp/ray/session_latest/metrics;
+here they are generated with the pinned Ray's own factory and committed, so Grafana has them
+from its first start. ``tests/test_grafana_dashboard.py`` checks they are up to date.
+
+    python -m grafana.ray_dashboards           # rewrite k8s/infra/grafana/dashboards/ray/
+    python -m grafana.ray_dashboards --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ray.dashboard.modules.metrics import grafana_dashboard_factory as factory
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "k8s" / "infra" / "grafana" / "dashboards" / "ray"
+
+DASHBOARDS: dict[str, Callable[[], tuple[str, str]]] = {
+    "default.json": factory.generate_default_grafana_dashboard,
+    "serve.json": factory.generate_serve_grafana_dashboard,
+    "serve-deployment.json": factory.generate_serve_deployment_grafana_dashboard,
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> compact JSON (the ConfigMap must stay well under 1 MiB)."""
+    out = {}
+    for name, generate in DASHBOARDS.items():
+        content, _uid = generate()
+        out[name] = json.dumps(json.loads(content), separators=(",", ":"), sort_keys=True) + "\n"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the files are stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = OUTPUT_DIR / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print(f"stale Ray dashboards {stale}: run python -m grafana.ray_dashboards")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

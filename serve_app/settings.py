@@ -1,0 +1,96 @@
+"""The one place that reads environment variables.
+
+Every component (Serve deployments, consumer actors, the local stack, tests,
+load tests) imports :data:`settings`; no address or name is written anywhere else.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Defaults match the local stack started by ``make up``; override with env vars."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # Kafka (Apache Kafka 4.x, KRaft)
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = "weather-tweets"
+    kafka_dead_letter_topic: str = "weather-tweets-dlq"
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_consumer_group: str = "weather-redis-counter"
+
+    # RabbitMQ
+    rabbitmq_host: str = "127.0.0.1"
+    rabbitmq_port: int = 5672
+    rabbitmq_management_port: int = 15672
+    rabbitmq_user: str = "weather"
+    rabbitmq_password: str = "weather-local"
+    rabbitmq_vhost: str = "/"
+    rabbitmq_exchange: str = "weather-tweets"
+    rabbitmq_queue: str = "weather-tweets"
+    rabbitmq_dead_letter_exchange: str = "weather-tweets-dlx"
+    rabbitmq_dead_letter_queue: str = "weather-tweets-dlq"
+    rabbitmq_delivery_limit: int = Field(default=3, ge=1)
+
+    # Stores: Kafka drains into Redis, RabbitMQ into Valkey
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_password: str = ""
+    valkey_host: str = "127.0.0.1"
+    valkey_port: int = 6380
+    valkey_password: str = ""
+
+    # Tweet schema
+    weather_values: str = "Lluvioso,Nubloso,Soleado"
+
+    # Ingress
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    max_batch_tweets: int = Field(default=1000, ge=1)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    retry_after_s: int = Field(default=2, ge=1)
+
+    # Consumers and store
+    kafka_consumers: int = Field(default=1, ge=0)
+    rabbit_consumers: int = Field(default=1, ge=0)
+    consumer_batch_size: int = Field(default=500, ge=1)
+    latest_tweets_length: int = Field(default=100, ge=1)
+    seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
+
+    # Ray / Serve (local stack)
+    ray_dashboard_port: int = 8265
+    serve_http_port: int = 8000
+    serve_grpc_port: int = 9000
+
+    # Local stack only (devstack, `make up`): ports and names the app itself never uses
+    devstack_dir: str = ""  # where servers keep data/config/logs/pids; "" = <repo>/.devstack
+    kafka_controller_port: int = 9093
+    rabbitmq_node_name: str = "weather@localhost"
+    rabbitmq_dist_port: int = 25672
+    rabbitmq_epmd_port: int = 4369
+    ray_gcs_port: int = 6385
+    ray_num_cpus: int = Field(default=4, ge=1)
+
+    @property
+    def rabbitmq_url(self) -> str:
+        vhost = "%2F" if self.rabbitmq_vhost == "/" else self.rabbitmq_vhost
+        return (
+            f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}"
+            f"@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+        )
+
+    @property
+    def weathers(self) -> tuple[str, ...]:
+        return tuple(w.strip() for w in self.weather_values.split(",") if w.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+settings = get_settings()

@@ -1,0 +1,31 @@
+"""Shared stack fixtures. Servers come from devstack (see README "Local stack").
+
+Test modules add their own fixtures in their own files; only stack plumbing lives here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack import stack
+
+
+@pytest.fixture(scope="session")
+def devstack_infra():
+    """Kafka, RabbitMQ, Redis and Valkey answering (started if needed, left running)."""
+    stack.up(stack.INFRA, log=lambda *_: None)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def devstack_serve(devstack_infra):
+    """Also Ray with every Serve application of serve_config.yaml RUNNING."""
+    stack.up(["ray"], log=lambda *_: None)
+    return stack
+
+
+@pytest.fixture(autouse=True)
+def _servers_unless_offline(request: pytest.FixtureRequest) -> None:
+    """Every test gets the real servers, except those marked ``offline``."""
+    if request.node.get_closest_marker("offline") is None:
+        request.getfixturevalue("devstack_infra")

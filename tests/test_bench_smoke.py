@@ -1,0 +1,69 @@
+"""Smoke run of the benchmark machinery against the stack started by ``make up``.
+
+REPEAT=1, a few seconds per scenario (no-op ceiling, REST, REST at half rate, gRPC,
+Ingress/Publisher fixed at 1 and 2 replicas). It must write bench.json and bench.md and
+lose nothing (accepted == Redis delta == Valkey delta in every run); speed is not
+asserted. The benchmark deploys config variants and always deploys serve_config.yaml
+again at the end; this test checks that too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import serveops
+
+
+def _stack_up() -> bool:
+    try:
+        apps = serveops.applications(timeout=3)
+    except OSError:
+        return False
+    return apps.get("ingress", {}).get("status") == "RUNNING"
+
+
+pytestmark = pytest.mark.skipif(not _stack_up(), reason="needs the local stack (`make up`)")
+
+
+@pytest.mark.timeout(420)
+def test_bench_smoke_writes_results_and_loses_nothing(tmp_path: Path) -> None:
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtest.bench", "--smoke", "--out", str(tmp_path)],
+            cwd=serveops.REPO,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+    finally:
+        apps = serveops.applications()
+        if serveops.NOOP_APP in apps or not serveops._ready(serveops.base_config(), apps):
+            serveops.restore()  # the bench's own restore did not happen: do it here
+    print(result.stdout[-5000:], result.stderr[-3000:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.md").read_text().startswith("# Benchmark")
+    assert report["error"] is None
+    assert report["machine"]["cores"] >= 1
+    scenarios = report["scenarios"]
+    assert {"noop", "rest", "rest_half", "grpc", "replicas_1", "replicas_2"} <= set(scenarios)
+    assert scenarios["noop"]["median"]["accepted"] > 0
+    for name, entry in scenarios.items():
+        for run in entry["runs"]:
+            if name == "noop":
+                continue
+            assert run["accepted"] > 0, name
+            assert run["accepted"] == run["redis_delta"] == run["valkey_delta"], (name, run)
+            assert run["zero_loss"] is True
+            assert run["e2e_tweets_per_s"] is not None
+
+    # Back on the one Serve config: pipeline apps only, Ingress/Publisher as configured.
+    apps = serveops.applications()
+    assert serveops.NOOP_APP not in apps
+    assert serveops._ready(serveops.base_config(), apps)
