@@ -365,19 +365,22 @@ class Bench:
                 lambda: self.pipeline_run("rest", self.wrk_load("/input"), a.duration),
             )
         if "rest_half" in wanted:
-            max_rate = a.half_rate or (self.results.get("rest", {}).get("median", {}) or {}).get(
-                "e2e_tweets_per_s"
+            rest = (self.results.get("rest") or {}).get("median", {})
+            measured = rest.get("e2e_tweets_per_s") or rest.get("accepted_per_s")
+            if a.half_rate:
+                half, how = a.half_rate, "--half-rate"
+            elif measured:
+                half, how = measured / 2, "half the rest median"
+            else:  # nothing measured (e.g. `rest` not run or it failed): a token rate
+                half, how = 10.0, "fallback, no rest figure"
+            req_rate = half / a.batch
+            await self.scenario(
+                "rest_half",
+                f"Pipeline, REST paced at {half:.0f} tweets/s ({how}; wrk delay())",
+                lambda: self.pipeline_run(
+                    "rest_half", self.wrk_load("/input", req_rate), a.duration
+                ),
             )
-            if max_rate:
-                half = max_rate / 2 if not a.half_rate else a.half_rate
-                req_rate = half / a.batch
-                await self.scenario(
-                    "rest_half",
-                    f"Pipeline, REST paced at half max ({half:.0f} tweets/s, wrk delay())",
-                    lambda: self.pipeline_run(
-                        "rest_half", self.wrk_load("/input", req_rate), a.duration
-                    ),
-                )
         if "grpc" in wanted:
             await self.scenario(
                 "grpc",
@@ -393,7 +396,7 @@ class Bench:
                 n = int(variant.rsplit("_", 1)[1])
                 config = serveops.replica_variant(base, n)
                 title = f"Ingress+Publisher fixed at {n} (REST, wrk)"
-            t = serveops.deploy(config, label=variant)
+            t = serveops.deploy(config, label=variant, allow_deleting=True)
             deploys[variant] = round(t, 1)
             print(f"deployed {variant} in {t:.0f}s", flush=True)
             load = self.wrk_load("/input", duration=a.replica_duration)

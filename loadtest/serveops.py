@@ -123,11 +123,20 @@ def replica_counts(apps: dict[str, dict[str, Any]] | None = None) -> dict[str, i
     return counts
 
 
-def _ready(config: dict[str, Any], apps: dict[str, dict[str, Any]]) -> bool:
+def _ready(
+    config: dict[str, Any], apps: dict[str, dict[str, Any]], allow_deleting: bool = False
+) -> bool:
+    """Every application of ``config`` RUNNING with its fixed replica counts, and no other
+    application (``allow_deleting``: others may still be DELETING)."""
     wanted = {a["name"] for a in config["applications"]}
-    if set(apps) != wanted:
+    others = {n: a for n, a in apps.items() if n not in wanted}
+    if not wanted <= set(apps):
         return False
-    if any(a.get("status") != "RUNNING" for a in apps.values()):
+    if others and not (
+        allow_deleting and all(a.get("status") == "DELETING" for a in others.values())
+    ):
+        return False
+    if any(apps[n].get("status") != "RUNNING" for n in wanted):
         return False
     counts = replica_counts(apps)
     for application in config["applications"]:
@@ -142,8 +151,16 @@ def _ready(config: dict[str, Any], apps: dict[str, dict[str, Any]]) -> bool:
     return True
 
 
-def deploy(config: dict[str, Any], timeout: float = 240.0, label: str = "bench") -> float:
-    """``serve deploy`` ``config`` and wait until it runs as asked; returns seconds taken."""
+def deploy(
+    config: dict[str, Any],
+    timeout: float = 240.0,
+    label: str = "bench",
+    allow_deleting: bool = False,
+) -> float:
+    """``serve deploy`` ``config`` and wait until it runs as asked; returns seconds taken.
+
+    ``allow_deleting``: do not wait for applications dropped from the config to be gone
+    (deleting one takes Serve ~30 s)."""
     started = time.monotonic()
     with tempfile.NamedTemporaryFile(
         "w", prefix=f"serve-{label}-", suffix=".yaml", delete=False
@@ -172,7 +189,7 @@ def deploy(config: dict[str, Any], timeout: float = 240.0, label: str = "bench")
             apps = applications()
         except OSError:
             apps = {}
-        if _ready(config, apps):
+        if _ready(config, apps, allow_deleting):
             return time.monotonic() - started
         if any(a.get("status") == "DEPLOY_FAILED" for a in apps.values()):
             break

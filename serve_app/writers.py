@@ -37,7 +37,10 @@ class BrokerUnavailable(RuntimeError):
     def __init__(self, broker: str, reason: str) -> None:
         self.broker = broker
         self.reason = reason
-        super().__init__(self.summary)
+        super().__init__(broker, reason)  # both in args, so the error survives pickling
+
+    def __str__(self) -> str:
+        return self.summary
 
     @property
     def summary(self) -> str:
