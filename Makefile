@@ -12,10 +12,10 @@ DEVSTACK := $(PY) -m devstack
 APT_PKGS := rabbitmq-server redis-server wrk
 SYS_PY  ?= python3
 
-.PHONY: help install apt venv jars up down status test lint
+.PHONY: help install apt venv jars up down status redeploy test lint generate check-generated
 
 help:
-	@echo "make install | up | down | status | test | lint"
+	@echo "make install | up | down | status | redeploy | test | lint | generate | load | bench"
 
 # --- install -------------------------------------------------------------------------
 install: apt venv jars
@@ -68,10 +68,25 @@ down:
 status:
 	@$(DEVSTACK) status
 
+# Serve does not notice code changes on `serve deploy` of an unchanged config: after
+# editing serve_app/, shut the applications down and deploy them again.
+redeploy: install
+	$(VENV)/bin/serve shutdown -y -a http://127.0.0.1:8265
+	$(DEVSTACK) deploy
+
 # --- checks --------------------------------------------------------------------------
 test: up
 	$(VENV)/bin/pytest -q
 
+# --- generated files (committed; tests fail when they drift) --------------------------
+generate: venv
+	$(PY) -m serve_app.protogen
+	$(PY) -m kuberay.render
+	$(PY) -m grafana.dashboard
+	$(PY) -m grafana.ray_dashboards
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+include loadtest/loadtest.mk

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,14 @@ import httpx
 import pytest
 import ray
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from counting import (
+    COUNTRIES,
+    WAIT_S,
+    delta,
+    expected_delta,
+    make_tweets,
+    wait_until,
+)
 from ray import serve
 
 from serve_app.consumers import (
@@ -42,10 +48,6 @@ from serve_app.store import TweetStore, connect_redis, connect_valkey
 from serve_app.topology import POISON_REASON_HEADER, declare_rabbit_topology, ensure_kafka_topics
 
 ROOT = Path(__file__).resolve().parents[1]
-WAIT_S = 60.0
-# Countries nobody else sends (other tests and load may run against the same stores):
-# deltas of every other country are "foreign" traffic and are subtracted exactly.
-COUNTRIES = ("AQ", "BV", "HM", "TF", "GS", "IO", "UM")
 APP_NAME = "consumers"
 
 
@@ -166,76 +168,6 @@ def stores(redis_store: TweetStore, valkey_store: TweetStore) -> dict[str, Tweet
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def make_tweets(n: int, tag: str = "") -> list[Tweet]:
-    """``n`` tweets with unique ids and a known, uneven country x weather mix."""
-    run = uuid.uuid4().hex[:12]
-    rng = random.Random(run)
-    weights = [len(COUNTRIES) - i for i in range(len(COUNTRIES))]  # AQ most, UM least
-    countries = rng.choices(COUNTRIES, weights=weights, k=n)
-    weathers = rng.choices(settings.weathers, weights=[3, 2, 1][: len(settings.weathers)], k=n)
-    now = datetime.now(UTC)
-    return [
-        Tweet(
-            id=f"test-{tag}{run}-{i}",
-            description=f"consumer test {i} ☀ «{tag}»",
-            country=countries[i],
-            weather=weathers[i],
-            accepted_at=now,
-        )
-        for i in range(n)
-    ]
-
-
-def expected_delta(tweets: Iterable[Tweet]) -> dict[str, Any]:
-    tweets = list(tweets)
-    return {
-        "total": len(tweets),
-        "by_country": dict(Counter(t.country for t in tweets)),
-        "by_weather": dict(Counter(t.weather for t in tweets)),
-        "by_country_weather": dict(Counter(f"{t.country}:{t.weather}" for t in tweets)),
-    }
-
-
-def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """What this test's tweets changed: the growth of every counter, minus exactly what
-    tweets from other countries (foreign traffic) added to the total and per weather."""
-    grown: dict[str, Any] = {}
-    for key in ("by_country", "by_weather", "by_country_weather"):
-        fields = set(before[key]) | set(after[key])
-        grown[key] = {f: after[key].get(f, 0) - before[key].get(f, 0) for f in fields}
-    foreign_total = sum(d for c, d in grown["by_country"].items() if c not in COUNTRIES)
-    foreign_weather: Counter[str] = Counter()
-    for field, d in grown["by_country_weather"].items():
-        country, weather = field.split(":", 1)
-        if country not in COUNTRIES:
-            foreign_weather[weather] += d
-    by_weather = {w: d - foreign_weather[w] for w, d in grown["by_weather"].items()}
-    return {
-        "total": after["total"] - before["total"] - foreign_total,
-        "by_country": {c: d for c, d in grown["by_country"].items() if d and c in COUNTRIES},
-        "by_weather": {w: d for w, d in by_weather.items() if d},
-        "by_country_weather": {
-            f: d
-            for f, d in grown["by_country_weather"].items()
-            if d and f.split(":", 1)[0] in COUNTRIES
-        },
-    }
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except Exception:  # a store or broker may be down on purpose
-            pass
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.25)
 
 
 async def _is_drained() -> bool:
