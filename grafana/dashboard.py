@@ -15,7 +15,6 @@ from Prometheus, requests/s and healthy replicas per Serve deployment.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
+from codegen import write_or_check
 from serve_app.store import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,19 +312,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the JSON is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run python -m grafana.dashboard")
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    return write_or_check(
+        {OUTPUT: render()}, "python -m grafana.dashboard", __doc__.splitlines()[0], argv
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from its first start. ``tests/test_grafana_dashboard.py`` checks they are up to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ray.dashboard.modules.metrics import grafana_dashboard_factory as factory
+
+from codegen import write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "k8s" / "infra" / "grafana" / "dashboards" / "ray"
@@ -39,23 +40,8 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the files are stale")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, text in render().items():
-        path = OUTPUT_DIR / name
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(f"stale Ray dashboards {stale}: run python -m grafana.ray_dashboards")
-        return 1
-    return 0
+    files = {OUTPUT_DIR / name: text for name, text in render().items()}
+    return write_or_check(files, "python -m grafana.ray_dashboards", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

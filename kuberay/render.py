@@ -11,9 +11,10 @@ stale.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from codegen import write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = ROOT / "serve_config.yaml"
@@ -47,19 +48,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the patch is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = PATCH.read_text(encoding="utf-8") if PATCH.exists() else ""
-        if current != text:
-            print(f"{PATCH.relative_to(ROOT)} is stale: run python -m kuberay.render")
-            return 1
-        return 0
-    PATCH.write_text(text, encoding="utf-8")
-    print(f"wrote {PATCH.relative_to(ROOT)}")
-    return 0
+    return write_or_check(
+        {PATCH: render()}, "python -m kuberay.render", __doc__.splitlines()[0], argv
+    )
 
 
 if __name__ == "__main__":
