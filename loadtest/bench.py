@@ -222,12 +222,41 @@ def percentile(sorted_values: list[float], pct: float) -> float | None:
 LoadFn = Callable[[str], dict[str, Any]]
 
 
+class TotalsRecorder:
+    """Polls both stores' totals every 50 ms from the start of a run, so the moment the
+    last accepted tweet is counted is known even if it happened while the load generator
+    was still winding down; ``target`` is set once the accepted count is known."""
+
+    def __init__(self, counters: Counters, poll_s: float = 0.05) -> None:
+        self.counters = counters
+        self.poll_s = poll_s
+        self.target: tuple[int, int] | None = None
+        self.samples: list[tuple[float, int, int]] = []
+
+    async def run(self, drain_timeout: float) -> tuple[float | None, float | None]:
+        """Return the first time Redis and Valkey reached the target (None: not in time)."""
+        deadline: float | None = None
+        while True:
+            r, v = await self.counters.totals()
+            now = time.time()
+            self.samples.append((now, r, v))
+            if self.target is not None:
+                deadline = deadline or now + drain_timeout
+                if (r >= self.target[0] and v >= self.target[1]) or now >= deadline:
+                    return self._first(1, self.target[0]), self._first(2, self.target[1])
+            await asyncio.sleep(self.poll_s)
+
+    def _first(self, index: int, target: int) -> float | None:
+        return next((s[0] for s in self.samples if s[index] >= target), None)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.counters = Counters()
         self.results: dict[str, Any] = {}
         self.timeline: list[dict[str, Any]] = []
+        self.timeline_t0 = time.time()
 
     async def ceiling_run(self, name: str, load: LoadFn) -> dict[str, Any]:
         out = await asyncio.to_thread(load, f"{name}-{uuid.uuid4().hex[:8]}")
@@ -242,6 +271,7 @@ class Bench:
     ) -> dict[str, Any]:
         """One pipeline run: load + probe, lag at the end of the sending window, drain."""
         a = self.args
+        backlog = await self.quiesce(a.quiesce_timeout)
         before = await self.counters.totals()
         probe = Probe(self.counters, rate=a.probe_rate)
         at_end: dict[str, Any] = {}
@@ -252,19 +282,23 @@ class Bench:
 
         async def end_of_window() -> None:  # consumer lag and replicas as the load stops
             await asyncio.sleep(start_delay + duration + 0.2)
+            await probe.stop_sending()  # the probe sends within the load's window only
             at_end.update(await serveops.lag())
             at_end["replicas_end"] = {k: v for k, v in await _replicas() if k in _SCALED_KEYS}
 
+        recorder = TotalsRecorder(self.counters)
+        recording = asyncio.create_task(recorder.run(a.drain_timeout))
         side = [asyncio.create_task(start_probe()), asyncio.create_task(end_of_window())]
-        out = await asyncio.to_thread(load, f"{name}-{uuid.uuid4().hex[:8]}")
-        await asyncio.gather(*side)
-        out.update(at_end)
-        load_end = out["started_at"] + out["duration_s"]
-        await probe.stop_sending()
-        accepted = out["accepted"] + probe.result.accepted
-        done_r, done_v, _ = await serveops.wait_counted(
-            self.counters, before[0] + accepted, before[1] + accepted, a.drain_timeout
-        )
+        try:
+            out = await asyncio.to_thread(load, f"{name}-{uuid.uuid4().hex[:8]}")
+            await asyncio.gather(*side)
+            out.update(at_end)
+            load_end = out["started_at"] + out["duration_s"]
+            accepted = out["accepted"] + probe.result.accepted
+            recorder.target = (before[0] + accepted, before[1] + accepted)
+            done_r, done_v = await recording
+        finally:
+            recording.cancel()
         probe_result = await probe.finish(timeout=30)
         await asyncio.sleep(a.settle)  # anything beyond `accepted` would show up now
         after = await self.counters.totals()
@@ -274,6 +308,7 @@ class Bench:
         e2e = counted_at - out["started_at"] if counted_at else None
         fr, fv = sorted(probe_result.redis_ms), sorted(probe_result.valkey_ms)
         out.update(
+            backlog_before=backlog,
             accepted_load=out["accepted"],
             accepted_probe=probe_result.accepted,
             accepted=accepted,
@@ -293,6 +328,23 @@ class Bench:
             fresh_missing=probe_result.missing_redis + probe_result.missing_valkey,
         )
         return out
+
+    async def quiesce(self, timeout: float) -> dict[str, Any]:
+        """Before a run: wait (bounded) until nothing is left to drain (no Kafka lag, no
+        ready RabbitMQ messages, totals unchanged for 1 s), so a backlog of earlier
+        work is not counted as this run's. Returns what was found at the start."""
+        deadline = time.time() + timeout
+        first: dict[str, Any] | None = None
+        while True:
+            t1 = await self.counters.totals()
+            backlog = await serveops.lag()
+            await asyncio.sleep(1.0)
+            t2 = await self.counters.totals()
+            backlog["store_growth_1s"] = (t2[0] - t1[0], t2[1] - t1[1])
+            first = first or dict(backlog)
+            idle = (backlog["kafka_lag"] or 0) <= 0 and (backlog["rabbitmq_depth"] or 0) == 0
+            if (idle and t1 == t2) or time.time() >= deadline:
+                return first
 
     async def scenario(
         self,
@@ -411,6 +463,11 @@ class Bench:
                 sampler.cancel()
                 self.results[variant]["config"] = a.autoscale
                 self.results[variant]["timeline"] = self.timeline
+                self.results[variant]["load_windows_s"] = [
+                    [round(r["started_at"] - self.timeline_t0, 1),
+                     round(r["started_at"] + r["duration_s"] - self.timeline_t0, 1)]
+                    for r in self.results[variant]["runs"]
+                ]  # fmt: skip
             else:
                 await self.scenario(
                     variant,
@@ -420,7 +477,7 @@ class Bench:
         return {"deploy_s": deploys}
 
     async def sample_replicas(self) -> None:
-        t0 = time.time()
+        self.timeline_t0 = t0 = time.time()
         while True:
             counts = dict(await _replicas())
             self.timeline.append(
@@ -580,6 +637,8 @@ def markdown(report: dict[str, Any]) -> str:
     if auto and auto.get("timeline"):
         lines += ["", "## Autoscaling: replicas over time (Ingress / Publisher)", ""]
         lines.append(f"Autoscaling overrides: `{json.dumps(auto.get('config'))}`")
+        windows = ", ".join(f"{a}-{b} s" for a, b in auto.get("load_windows_s", []))
+        lines.append(f"Load (sending) windows: {windows}; replica counts change only:")
         lines.append("")
         lines.append("```")
         previous = None
@@ -626,6 +685,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--half-rate", type=float, default=None, help="tweets/s for rest_half")
     p.add_argument("--drain-timeout", type=float, default=180.0)
     p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--quiesce-timeout", type=float, default=60.0)
     p.add_argument("--pause", type=float, default=2.0)
     p.add_argument("--autoscale", type=json.loads, default=DEFAULT_AUTOSCALE)
     p.add_argument("--autoscale-cooldown", type=float, default=90.0)

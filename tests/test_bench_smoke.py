@@ -18,16 +18,7 @@ import pytest
 
 from loadtest import serveops
 
-
-def _stack_up() -> bool:
-    try:
-        apps = serveops.applications(timeout=3)
-    except OSError:
-        return False
-    return apps.get("ingress", {}).get("status") == "RUNNING"
-
-
-pytestmark = pytest.mark.skipif(not _stack_up(), reason="needs the local stack (`make up`)")
+pytestmark = pytest.mark.usefixtures("devstack_serve")
 
 
 @pytest.mark.timeout(420)
