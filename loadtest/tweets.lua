@@ -7,7 +7,7 @@
 --        (open-loop pacing: each request claims the next slot of a fixed schedule and
 --        delay() waits for it; if every connection is busy the schedule slips, i.e. the
 --        client falls back to closed loop and the achieved rate shows it)
--- TAG    prefix of every tweet id, unique per run                          default "wrk"
+-- TAG    prefix of every tweet id, unique per run              default "wrk<unix time>"
 -- STOP   CLOCK_MONOTONIC time in ms (Python's time.monotonic() * 1000) after which no
 --        new request is sent, 0 = never                                  default 0
 --        Run wrk with -d a few seconds beyond STOP: requests in flight at STOP then get
@@ -54,7 +54,7 @@ end
 function init(args)
   batch = tonumber(args[1] or "1") or 1
   rate = tonumber(args[2] or "0") or 0
-  tag = args[3] or "wrk"
+  tag = args[3] or ("wrk" .. os.time()) -- ids must not repeat across runs: the stores dedupe them
   stop_ms = tonumber(args[4] or "0") or 0
   counter = 0
   accepted = 0
