@@ -438,10 +438,16 @@ class RabbitMQ(Server):
 
 # ------------------------------------------------------------------------ Redis/Valkey
 class _RespServer(Server):
+    """A Redis-protocol server; host, port and password come from the settings fields
+    named after the server (``redis_*``, ``valkey_*``)."""
+
     start_timeout = 30.0
-    host = LOCALHOST
-    port = 0
-    password = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host: str = getattr(settings, f"{self.name}_host")
+        self.port: int = getattr(settings, f"{self.name}_port")
+        self.password: str = getattr(settings, f"{self.name}_password")
 
     def ports(self) -> list[int]:
         return [self.port]
@@ -482,14 +488,6 @@ class _RespServer(Server):
 class Redis(_RespServer):
     name = "redis"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.host, self.port, self.password = (
-            settings.redis_host,
-            settings.redis_port,
-            settings.redis_password,
-        )
-
     def binary(self) -> str:
         found = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(found).exists():
@@ -499,14 +497,6 @@ class Redis(_RespServer):
 
 class Valkey(_RespServer):
     name = "valkey"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.host, self.port, self.password = (
-            settings.valkey_host,
-            settings.valkey_port,
-            settings.valkey_password,
-        )
 
     def binary(self) -> str:
         try:
