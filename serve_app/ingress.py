@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from ray import serve
@@ -21,7 +20,13 @@ from starlette.responses import JSONResponse, Response
 
 from serve_app import store
 from serve_app.openapi import openapi_document
-from serve_app.schema import Tweet, TweetValidationError, accept, validate_tweets
+from serve_app.schema import (
+    Tweet,
+    TweetValidationError,
+    accept,
+    count_tweets,
+    validate_tweets,
+)
 from serve_app.settings import Settings, settings
 from serve_app.writers import BrokerUnavailable
 
@@ -97,10 +102,6 @@ def parse_tweets(body: bytes, idempotency_key: str | None, config: Settings) -> 
         raise HTTPError(422, "invalid tweet", details=exc.errors) from None
 
 
-def _count_tweets(batches: list[list[Tweet]]) -> int:
-    return sum(len(b) for b in batches)
-
-
 @serve.deployment
 class Ingress:
     """The HTTP face of the pipeline; holds a handle to the publisher application."""
@@ -140,7 +141,7 @@ class Ingress:
             raise HTTPError(415, "Content-Type must be application/json")
         body = await read_body(request, self.settings.max_body_bytes)
         tweets, is_batch = parse_tweets(body, request.headers.get("idempotency-key"), self.settings)
-        accepted = accept(tweets, datetime.now(UTC))
+        accepted = accept(tweets)
         ids = [t.id for t in accepted]
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s * 2 + 1):
@@ -157,7 +158,7 @@ class Ingress:
         max_batch_size=1000,
         batch_wait_timeout_s=0.002,
         max_concurrent_batches=16,
-        batch_size_fn=_count_tweets,
+        batch_size_fn=count_tweets,
     )
     async def _publish_coalesced(self, batches: list[list[Tweet]]) -> list[None]:
         """One handle call for many concurrent requests (a hop costs ~0.7 ms of CPU)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import grpc
 from ray import serve
@@ -20,7 +19,14 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.pb.weather.v1 import weather_pb2
-from serve_app.schema import Tweet, TweetIn, TweetValidationError, accept, validate_tweets
+from serve_app.schema import (
+    Tweet,
+    TweetIn,
+    TweetValidationError,
+    accept,
+    count_tweets,
+    validate_tweets,
+)
 from serve_app.settings import settings
 from serve_app.writers import BrokerUnavailable, EncodedTweet
 
@@ -41,10 +47,6 @@ def _tweet_from_proto(message: weather_pb2.Tweet) -> dict[str, object]:
     return fields
 
 
-def _count_tweets(batches: list[list[Tweet]]) -> int:
-    return sum(len(b) for b in batches)
-
-
 @serve.deployment
 class Publisher:
     """Publishes every tweet to both brokers; answers only once both confirmed."""
@@ -62,7 +64,7 @@ class Publisher:
         max_batch_size=2000,
         batch_wait_timeout_s=0.002,
         max_concurrent_batches=8,
-        batch_size_fn=_count_tweets,
+        batch_size_fn=count_tweets,
     )
     async def _publish_coalesced(self, batches: list[list[Tweet]]) -> list[None]:
         encoded = encode(list(itertools.chain.from_iterable(batches)))
@@ -104,7 +106,7 @@ class Publisher:
             grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             grpc_context.set_details(str(exc))
             return []
-        accepted = accept(tweets, datetime.now(UTC))
+        accepted = accept(tweets)
         try:
             return await self.publish(accepted)
         except BrokerUnavailable as exc:

@@ -94,6 +94,11 @@ def _describe(exc: ValidationError, index_errors: bool) -> list[dict[str, Any]]:
     return described
 
 
+def count_tweets(batches: list[list[Tweet]]) -> int:
+    """Batch size for ``serve.batch``: tweets, not calls (one call may carry 1,000)."""
+    return sum(len(b) for b in batches)
+
+
 def new_tweet_id() -> str:
     return str(uuid.uuid4())
 

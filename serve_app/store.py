@@ -138,9 +138,6 @@ class TweetStore:
     async def latest_length(self) -> int:
         return int(await self.client.llen(KEYS.latest))
 
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
-
 
 def _ints(mapping: dict[str, str]) -> dict[str, int]:
     return {k: int(v) for k, v in sorted(mapping.items())}
