@@ -9,10 +9,9 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 STAMP   := $(VENV)/.installed
 DEVSTACK := $(PY) -m devstack
-APT_PKGS := rabbitmq-server redis-server wrk
 SYS_PY  ?= python3
 
-.PHONY: help install apt venv jars up down status redeploy test lint generate check-generated
+.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated
 
 help:
 	@echo "make install | up | down | status | redeploy | test | lint | generate | load | bench"
@@ -20,28 +19,16 @@ help:
 # --- install -------------------------------------------------------------------------
 install: apt venv jars
 
-# apt-get only when something is missing. policy-rc.d (exit 101) stops Debian's postinst
-# scripts from starting system rabbitmq/redis services: devstack runs its own.
+# apt-get only what is missing; the packages' own services (and the epmd daemon the
+# rabbitmq-server package leaves behind) are stopped: devstack runs its own servers.
 apt:
-	@missing=""; \
-	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
-	command -v mvn >/dev/null || missing="$$missing maven"; \
-	$(SYS_PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
-	  echo "apt-get install:$$missing"; \
-	  made_policy=""; \
-	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; \
-	  fi; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  ( apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing ); rc=$$?; \
-	  [ -n "$$made_policy" ] && rm -f /usr/sbin/policy-rc.d; \
-	  for svc in rabbitmq-server redis-server; do service $$svc stop >/dev/null 2>&1 || true; done; \
-	  exit $$rc; \
-	fi
+	@SYS_PY=$(SYS_PY) devstack/install-packages.sh
+
+# CI's fresh-machine path: remove RabbitMQ and Erlang so the next `make up` installs them
+# the way a new machine does (see .ci/run).
+purge-rabbitmq:
+	DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq rabbitmq-server 'erlang-*' >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null
 
 $(PY):
 	$(SYS_PY) -m venv $(VENV)

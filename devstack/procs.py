@@ -7,11 +7,13 @@ recycled pid never passes for one of ours. Nothing here looks processes up by na
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -86,9 +88,30 @@ class PidFile:
         self.path.unlink(missing_ok=True)
 
 
-def listening_inodes() -> dict[int, set[int]]:
-    """port -> socket inodes of LISTEN sockets (IPv4 and IPv6)."""
-    result: dict[int, set[int]] = {}
+@dataclass(frozen=True)
+class Listener:
+    """A LISTEN socket: its local address, port and socket inode."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    inode: int
+
+    @property
+    def loopback_only(self) -> bool:
+        mapped = getattr(self.address, "ipv4_mapped", None)
+        return (mapped or self.address).is_loopback
+
+
+def _hex_address(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp{,6} addresses: little-endian 32-bit words in hex."""
+    words = bytes.fromhex(raw)
+    packed = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
+    return ipaddress.ip_address(packed)
+
+
+def listeners() -> list[Listener]:
+    """Every TCP LISTEN socket on the machine (IPv4 and IPv6)."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -98,9 +121,34 @@ def listening_inodes() -> dict[int, set[int]]:
             cols = line.split()
             if len(cols) < 10 or cols[3] != "0A":  # 0A = LISTEN
                 continue
-            port = int(cols[1].rsplit(":", 1)[1], 16)
-            result.setdefault(port, set()).add(int(cols[9]))
+            address, port = cols[1].rsplit(":", 1)
+            found.append(Listener(_hex_address(address), int(port, 16), int(cols[9])))
+    return found
+
+
+def listening_inodes() -> dict[int, set[int]]:
+    """port -> socket inodes of LISTEN sockets (IPv4 and IPv6)."""
+    result: dict[int, set[int]] = {}
+    for listener in listeners():
+        result.setdefault(listener.port, set()).add(listener.inode)
     return result
+
+
+def socket_owners() -> dict[int, int]:
+    """socket inode -> pid of a process holding it (processes we may inspect)."""
+    owners: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owners.setdefault(int(target[8:-1]), int(entry.name))
+        except OSError:
+            continue
+    return owners
 
 
 def port_owner(port: int) -> int | None:
@@ -108,18 +156,8 @@ def port_owner(port: int) -> int | None:
     inodes = listening_inodes().get(port)
     if not inodes:
         return None
-    targets = {f"socket:[{i}]" for i in inodes}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in targets:
-                        return int(entry.name)
-        except OSError:
-            continue
-    return -1  # listening, but owner not visible
+    owners = socket_owners()
+    return next((owners[i] for i in inodes if i in owners), -1)  # -1: owner not visible
 
 
 def port_listening(port: int) -> bool:

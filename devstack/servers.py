@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from devstack import procs
+from devstack.config import LOCALHOST, stack_config
 from serve_app.settings import settings
 
 REPO = Path(__file__).resolve().parents[1]
-LOCALHOST = "127.0.0.1"
 
 
 def state_dir() -> Path:
-    return Path(settings.devstack_dir).resolve() if settings.devstack_dir else REPO / ".devstack"
+    return Path(stack_config.dir).resolve() if stack_config.dir else REPO / ".devstack"
 
 
 def venv_bin(tool: str) -> str:
@@ -86,6 +86,10 @@ class Server:
     def probe(self) -> bool:
         """One real protocol round trip; True when the server answers."""
         raise NotImplementedError
+
+    def helpers(self) -> list[Server]:
+        """Processes this server needs and owns besides itself (e.g. RabbitMQ's epmd)."""
+        return []
 
     # -- lifecycle -----------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -197,7 +201,7 @@ class Kafka(Server):
         return self.dir / "libs"
 
     def ports(self) -> list[int]:
-        return [self.port, settings.kafka_controller_port]
+        return [self.port, stack_config.kafka_controller_port]
 
     @property
     def port(self) -> int:
@@ -233,13 +237,13 @@ class Kafka(Server):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"listeners=PLAINTEXT://{LOCALHOST}:{self.port},"
-                    f"CONTROLLER://{LOCALHOST}:{settings.kafka_controller_port}",
+                    f"CONTROLLER://{LOCALHOST}:{stack_config.kafka_controller_port}",
                     f"advertised.listeners=PLAINTEXT://{LOCALHOST}:{self.port},"
-                    f"CONTROLLER://{LOCALHOST}:{settings.kafka_controller_port}",
+                    f"CONTROLLER://{LOCALHOST}:{stack_config.kafka_controller_port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    f"controller.quorum.bootstrap.servers={LOCALHOST}:{settings.kafka_controller_port}",
+                    f"controller.quorum.bootstrap.servers={LOCALHOST}:{stack_config.kafka_controller_port}",
                     f"log.dirs={data}",
                     f"num.partitions={settings.kafka_partitions}",
                     "offsets.topic.replication.factor=1",
@@ -299,6 +303,29 @@ class Kafka(Server):
 
 
 # --------------------------------------------------------------------------- RabbitMQ
+class Epmd(Server):
+    """The Erlang port mapper our RabbitMQ node registers with.
+
+    Ours alone: bound to 127.0.0.1 on a port of the stack's own, run in the foreground so
+    `down` stops it by pid. A system epmd (Debian's rabbitmq-server package leaves an
+    ``epmd -daemon`` on 0.0.0.0:4369) is neither used nor touched.
+    """
+
+    name = "epmd"
+    start_timeout = 10.0
+    stop_timeout = 5.0
+
+    def ports(self) -> list[int]:
+        return [stack_config.rabbitmq_epmd_port]
+
+    def command(self) -> list[str]:
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        return [epmd, "-address", LOCALHOST, "-port", str(self.ports()[0])]
+
+    def probe(self) -> bool:
+        return True  # wait_ready has already seen the port accept a connection
+
+
 class RabbitMQ(Server):
     name = "rabbitmq"
     start_timeout = 120.0
@@ -307,13 +334,16 @@ class RabbitMQ(Server):
 
     def __init__(self) -> None:
         super().__init__()
-        self.epmd_pidfile = procs.PidFile(self.dir / "epmd.pid")
+        self.epmd = Epmd()
+
+    def helpers(self) -> list[Server]:
+        return [self.epmd]
 
     def ports(self) -> list[int]:
         return [
             settings.rabbitmq_port,
-            settings.rabbitmq_management_port,
-            settings.rabbitmq_dist_port,
+            stack_config.rabbitmq_management_port,
+            stack_config.rabbitmq_dist_port,
         ]
 
     def address(self) -> str:
@@ -323,7 +353,7 @@ class RabbitMQ(Server):
         return [
             f"rabbitmq: amqp://{settings.rabbitmq_user}:***@{settings.rabbitmq_host}:"
             f"{settings.rabbitmq_port}{settings.rabbitmq_vhost}",
-            f"rabbitmq management UI: http://{LOCALHOST}:{settings.rabbitmq_management_port}"
+            f"rabbitmq management UI: http://{LOCALHOST}:{stack_config.rabbitmq_management_port}"
             f" (user {settings.rabbitmq_user})",
         ]
 
@@ -332,7 +362,7 @@ class RabbitMQ(Server):
         env = dict(os.environ)
         env.update(
             HOME=str(d / "home"),  # the Erlang cookie lives here
-            RABBITMQ_NODENAME=settings.rabbitmq_node_name,
+            RABBITMQ_NODENAME=stack_config.rabbitmq_node_name,
             RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
             RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
@@ -340,12 +370,22 @@ class RabbitMQ(Server):
             RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
             RABBITMQ_LOG_BASE=str(d / "log"),
             RABBITMQ_PID_FILE=str(d / "beam.pid"),
-            RABBITMQ_DIST_PORT=str(settings.rabbitmq_dist_port),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_DIST_PORT=str(stack_config.rabbitmq_dist_port),
+            # Distribution on loopback only, and never an untracked `epmd -daemon`: the
+            # node fails rather than start one if ours is not there.
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+            ),
             ERL_EPMD_ADDRESS=LOCALHOST,
-            ERL_EPMD_PORT=str(settings.rabbitmq_epmd_port),
+            ERL_EPMD_PORT=str(stack_config.rabbitmq_epmd_port),
         )
         return env
+
+    def launch(self) -> bool:
+        if self.is_running():
+            return False
+        self.epmd.start()
+        return super().launch()
 
     def prepare(self) -> None:
         if not Path(self.script).exists():
@@ -362,13 +402,14 @@ class RabbitMQ(Server):
                     f"default_user = {settings.rabbitmq_user}",
                     f"default_pass = {settings.rabbitmq_password}",
                     f"default_vhost = {settings.rabbitmq_vhost}",
-                    "default_user_tags.administrator = true",
+                    # may log in to the management UI; not an administrator
+                    "default_user_tags.management = true",
                     "default_permissions.configure = .*",
                     "default_permissions.read = .*",
                     "default_permissions.write = .*",
                     "loopback_users = none",
                     f"management.tcp.ip = {LOCALHOST}",
-                    f"management.tcp.port = {settings.rabbitmq_management_port}",
+                    f"management.tcp.port = {stack_config.rabbitmq_management_port}",
                     "log.console = true",
                     "log.console.level = info",
                     "log.file = false",
@@ -376,32 +417,6 @@ class RabbitMQ(Server):
                 ]
             )
         )
-        self._ensure_epmd()
-
-    def _ensure_epmd(self) -> None:
-        """Run our own epmd in the foreground so that `down` can stop it by pid.
-
-        Left to itself Erlang starts `epmd -daemon`, which detaches and is never tracked.
-        """
-        if self.epmd_pidfile.live_pid():
-            return
-        port = settings.rabbitmq_epmd_port
-        if procs.port_listening(port):
-            return  # someone else's epmd: use it, never stop it
-        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-        with open(self.dir / "epmd.log", "ab") as log:
-            proc = subprocess.Popen(
-                [epmd, "-port", str(port)],
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.epmd_pidfile.write(proc.pid)
-        deadline = time.monotonic() + 10
-        while not procs.port_listening(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def command(self) -> list[str]:
         return [self.script]
@@ -418,12 +433,7 @@ class RabbitMQ(Server):
 
     def stop(self) -> bool:
         stopped = super().stop()
-        epmd = self.epmd_pidfile.live_pid()
-        if epmd:
-            procs.terminate([epmd], timeout=5)
-            stopped = True
-        self.epmd_pidfile.remove()
-        return stopped
+        return self.epmd.stop() or stopped
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """rabbitmqctl against our node (same node name, cookie and epmd)."""
@@ -527,25 +537,25 @@ class Ray(Server):
 
     def ports(self) -> list[int]:
         return [
-            settings.ray_gcs_port,
-            settings.ray_dashboard_port,
-            settings.serve_http_port,
-            settings.serve_grpc_port,
+            stack_config.ray_gcs_port,
+            stack_config.ray_dashboard_port,
+            stack_config.serve_http_port,
+            stack_config.serve_grpc_port,
         ]
 
     @property
     def dashboard(self) -> str:
-        return f"http://{LOCALHOST}:{settings.ray_dashboard_port}"
+        return f"http://{LOCALHOST}:{stack_config.ray_dashboard_port}"
 
     def address(self) -> str:
         return self.dashboard
 
     def endpoints(self) -> list[str]:
         return [
-            f"REST (Serve): http://{LOCALHOST}:{settings.serve_http_port}",
-            f"gRPC (Serve): {LOCALHOST}:{settings.serve_grpc_port}",
+            f"REST (Serve): http://{LOCALHOST}:{stack_config.serve_http_port}",
+            f"gRPC (Serve): {LOCALHOST}:{stack_config.serve_grpc_port}",
             f"Ray dashboard: {self.dashboard}",
-            f"Ray GCS: {LOCALHOST}:{settings.ray_gcs_port}",
+            f"Ray GCS: {LOCALHOST}:{stack_config.ray_gcs_port}",
         ]
 
     def env(self) -> dict[str, str]:
@@ -573,22 +583,22 @@ class Ray(Server):
         cmd = [
             venv_bin("ray"), "start", "--head",
             f"--node-ip-address={LOCALHOST}",
-            f"--port={settings.ray_gcs_port}",
+            f"--port={stack_config.ray_gcs_port}",
             "--include-dashboard=true",
             f"--dashboard-host={LOCALHOST}",
-            f"--dashboard-port={settings.ray_dashboard_port}",
-            f"--num-cpus={settings.ray_num_cpus}",
+            f"--dashboard-port={stack_config.ray_dashboard_port}",
+            f"--num-cpus={stack_config.ray_num_cpus}",
             "--disable-usage-stats",
         ]  # fmt: skip
         result = self._run(cmd, timeout=self.start_timeout)
-        gcs = procs.port_owner(settings.ray_gcs_port)
+        gcs = procs.port_owner(stack_config.ray_gcs_port)
         if result.returncode != 0 or not gcs or gcs < 0:
             raise StackError(self.failure(f"`ray start` failed (exit {result.returncode})"))
         self.pidfile.write(gcs)
         return True
 
     def probe_port(self) -> int:
-        return settings.ray_dashboard_port
+        return stack_config.ray_dashboard_port
 
     def probe(self) -> bool:
         with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=3) as resp:
@@ -644,7 +654,7 @@ class Ray(Server):
     # -- HAProxy (outlives `ray stop`) -----------------------------------------------
     def record_haproxy(self) -> None:
         """Remember the HAProxy that Serve started: its pid and the config it runs."""
-        for port in (settings.serve_http_port, settings.serve_grpc_port):
+        for port in (stack_config.serve_http_port, stack_config.serve_grpc_port):
             pid = procs.port_owner(port)
             if not pid or pid < 0:
                 continue
@@ -705,7 +715,7 @@ class Ray(Server):
         apps = self.applications()
         summary = ", ".join(f"{n}={a.get('status')}" for n, a in apps.items()) or "no apps"
         hap = self.haproxy_pids()
-        rest = f"http://{LOCALHOST}:{settings.serve_http_port}"
+        rest = f"http://{LOCALHOST}:{stack_config.serve_http_port}"
         return (
             f"{line}\n{'serve':<9} {'up' if self.deployed() else 'down':<5} {rest:<32} "
             f"pid {','.join(map(str, hap)) or '-'} (haproxy)  [{summary}]"

@@ -28,13 +28,13 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, User, between, events, task
 from locust.exception import LocustError
 
+from devstack.config import stack_config
 from loadtest.tweets import TweetFactory
 from serve_app.pb.weather.v1 import weather_pb2, weather_pb2_grpc
-from serve_app.settings import settings
 
 grpc_gevent.init_gevent()  # gRPC's I/O must cooperate with Locust's gevent loop
 
-GRPC_TARGET = f"127.0.0.1:{settings.serve_grpc_port}"
+GRPC_TARGET = stack_config.serve_grpc_target
 GRPC_METADATA = (("application", "publisher"),)
 ACCEPTED = {"rest": 0, "grpc": 0}
 _factory = TweetFactory(f"locust-{os.getpid()}-{int(time.time())}")

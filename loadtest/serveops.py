@@ -21,16 +21,16 @@ from typing import Any
 
 import yaml
 
+from devstack.config import stack_config
 from serve_app.settings import settings
 from serve_app.store import KEYS, connect_redis, connect_valkey
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve_config.yaml"
 VENV_BIN = REPO / ".venv" / "bin"
-LOCALHOST = "127.0.0.1"
-HTTP_BASE = f"http://{LOCALHOST}:{settings.serve_http_port}"
-GRPC_TARGET = f"{LOCALHOST}:{settings.serve_grpc_port}"
-DASHBOARD = f"http://{LOCALHOST}:{settings.ray_dashboard_port}"
+HTTP_BASE = stack_config.serve_http_url
+GRPC_TARGET = stack_config.serve_grpc_target
+DASHBOARD = stack_config.ray_dashboard_url
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 NOOP_APP = "noop"
@@ -235,7 +235,7 @@ class Counters:
 
 async def lag() -> dict[str, int | None]:
     """Kafka consumer-group lag and RabbitMQ ready depth (None if unreadable)."""
-    from serve_app.consumers import kafka_lag, rabbit_depth
+    from serve_app.monitor import kafka_lag, rabbit_depth
 
     async def safe(fn: Any) -> int | None:
         try:

@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     # RabbitMQ
     rabbitmq_host: str = "127.0.0.1"
     rabbitmq_port: int = 5672
-    rabbitmq_management_port: int = 15672
     rabbitmq_user: str = "weather"
     rabbitmq_password: str = "weather-local"
     rabbitmq_vhost: str = "/"
@@ -60,20 +59,6 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=500, ge=1)
     latest_tweets_length: int = Field(default=100, ge=1)
     seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
-
-    # Ray / Serve (local stack)
-    ray_dashboard_port: int = 8265
-    serve_http_port: int = 8000
-    serve_grpc_port: int = 9000
-
-    # Local stack only (devstack, `make up`): ports and names the app itself never uses
-    devstack_dir: str = ""  # where servers keep data/config/logs/pids; "" = <repo>/.devstack
-    kafka_controller_port: int = 9093
-    rabbitmq_node_name: str = "weather@localhost"
-    rabbitmq_dist_port: int = 25672
-    rabbitmq_epmd_port: int = 4369
-    ray_gcs_port: int = 6385
-    ray_num_cpus: int = Field(default=4, ge=1)
 
     @property
     def rabbitmq_url(self) -> str:

@@ -12,12 +12,13 @@ import httpx
 import pytest
 from counting import COUNTRIES, WAIT_S, delta, expected_delta, make_tweets, wait_until
 
+from devstack.config import stack_config
 from serve_app.schema import Tweet
 from serve_app.settings import settings
 
 pytestmark = pytest.mark.usefixtures("devstack_serve")
 
-BASE = f"http://127.0.0.1:{settings.serve_http_port}"
+BASE = stack_config.serve_http_url
 STORES = ("redis", "valkey")
 
 

@@ -19,12 +19,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from devstack import stack
+from devstack.config import stack_config
 from serve_app.pb.weather.v1 import weather_pb2, weather_pb2_grpc
 from serve_app.settings import settings
 from serve_app.topology import declare_rabbit_topology, ensure_kafka_topics
 
-BASE = f"http://127.0.0.1:{settings.serve_http_port}"
-GRPC_TARGET = f"127.0.0.1:{settings.serve_grpc_port}"
+BASE = stack_config.serve_http_url
+GRPC_TARGET = stack_config.serve_grpc_target
 GRPC_METADATA = (("application", "publisher"),)
 pytestmark = pytest.mark.usefixtures("devstack_serve")
 

@@ -4,6 +4,9 @@ restart, and `down` leaves nothing behind. Runs against the servers devstack sta
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import time
 import uuid
 from collections import defaultdict
 
@@ -14,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devstack import procs, stack
+from devstack.config import stack_config
 from serve_app.settings import settings
 
 STORES = {
@@ -127,11 +131,16 @@ async def test_store_round_trip_and_survives_restart(name):
         await client.aclose()
 
 
+def _owned_servers() -> list[stack.Server]:
+    """The infra servers and the helper processes they own (RabbitMQ's epmd)."""
+    servers = [stack.get(n) for n in stack.INFRA]
+    return servers + [h for s in servers for h in s.helpers()]
+
+
 def _stack_pids() -> list[int]:
-    """Every pid the stack recorded for the infra servers (incl. epmd and beam)."""
+    """Every live pid the stack recorded for the infra servers (incl. epmd and beam)."""
     pids = []
-    for name in stack.INFRA:
-        server = stack.get(name)
+    for server in _owned_servers():
         for pidfile in server.dir.glob("*.pid"):
             entry = procs.PidFile(pidfile).read()
             if entry and procs.alive(*entry):
@@ -140,15 +149,61 @@ def _stack_pids() -> list[int]:
 
 
 def test_down_frees_everything_and_up_again():
-    servers = [stack.get(n) for n in stack.INFRA]
-    ports = [p for s in servers for p in s.ports()] + [settings.rabbitmq_epmd_port]
+    servers = _owned_servers()
+    ports = [p for s in servers for p in s.ports()]
+    assert stack_config.rabbitmq_epmd_port in ports
     pids = _stack_pids()
     assert pids
     try:
         stack.down(stack.INFRA, log=lambda *_: None)
         assert [p for p in pids if procs.alive(p)] == []
-        assert [n for n in stack.INFRA if stack.is_running(n)] == []
+        assert [s.name for s in servers if s.is_running()] == []
         assert [p for p in ports if procs.port_listening(p)] == []
     finally:
         stack.up(stack.INFRA, log=lambda *_: None)  # leave the stack up for later tests
     assert all(stack.is_running(n) for n in stack.INFRA)
+
+
+def test_erlang_ports_listen_on_loopback_only():
+    """epmd, AMQP, management and distribution: nothing of RabbitMQ beyond 127.0.0.1."""
+    rabbitmq = stack.get("rabbitmq")
+    ours = {p for s in [rabbitmq, *rabbitmq.helpers()] for p in s.ports()}
+    owned_pids = set(procs.session_members(_stack_pids()))
+    owners = procs.socket_owners()
+    exposed = [
+        f"{listener.address}:{listener.port} (pid {owners.get(listener.inode)})"
+        for listener in procs.listeners()
+        if owners.get(listener.inode) in owned_pids and not listener.loopback_only
+    ]
+    assert exposed == []
+    assert {lsn.port for lsn in procs.listeners() if owners.get(lsn.inode) in owned_pids} >= ours
+
+
+SYSTEM_EPMD_PORT = 4369
+
+
+def test_rabbitmq_ignores_a_foreign_epmd_on_4369(tmp_path):
+    """A machine already running Erlang services (an epmd on the standard port) works too:
+    the stack neither uses nor stops it."""
+    if procs.port_listening(SYSTEM_EPMD_PORT):
+        foreign, started_here = procs.port_owner(SYSTEM_EPMD_PORT), False
+    else:
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        foreign = subprocess.Popen(
+            [epmd, "-port", str(SYSTEM_EPMD_PORT)], start_new_session=True
+        ).pid
+        started_here = True
+        deadline = time.monotonic() + 10
+        while not procs.port_listening(SYSTEM_EPMD_PORT) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:
+        stack.stop("rabbitmq")
+        stack.start("rabbitmq")
+        assert stack.is_running("rabbitmq")
+        assert foreign is None or foreign < 0 or procs.alive(foreign)
+        assert procs.port_owner(SYSTEM_EPMD_PORT) == foreign
+        epmd_owner = procs.port_owner(stack_config.rabbitmq_epmd_port)
+        assert epmd_owner == stack.get("rabbitmq").epmd.pid()
+    finally:
+        if started_here and foreign:
+            procs.terminate([foreign], timeout=5)

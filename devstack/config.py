@@ -1,0 +1,50 @@
+"""Settings of the local stack only (`make up`): ports and names the application never uses.
+
+Environment variables carry the ``DEVSTACK_`` prefix (``DEVSTACK_RABBITMQ_EPMD_PORT=4371``),
+so they can never be mistaken for the application's own settings or Ray's ``RAY_*``
+variables. Broker and store addresses stay in :mod:`serve_app.settings`: the stack binds
+what the application connects to.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCALHOST = "127.0.0.1"
+
+
+class StackConfig(BaseSettings):
+    """Defaults avoid the well-known ports of system services (4369 epmd, 6379 Redis...)
+    wherever the application does not pin them."""
+
+    model_config = SettingsConfigDict(env_prefix="DEVSTACK_", case_sensitive=False)
+
+    dir: str = ""  # where servers keep data/config/logs/pids; "" = <repo>/.devstack
+    kafka_controller_port: int = 9093
+    rabbitmq_node_name: str = "weather@localhost"
+    rabbitmq_management_port: int = 15672
+    rabbitmq_dist_port: int = 25672
+    # Our own epmd, never the system's 4369: installing Debian's rabbitmq-server leaves an
+    # `epmd -daemon` there, and other Erlang services on the machine may use it.
+    rabbitmq_epmd_port: int = 4370
+    ray_gcs_port: int = 6385  # 6379 is Redis
+    ray_dashboard_port: int = 8265
+    ray_num_cpus: int = Field(default=4, ge=1)
+    serve_http_port: int = 8000  # as in serve_config.yaml
+    serve_grpc_port: int = 9000
+
+    @property
+    def serve_http_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.serve_http_port}"
+
+    @property
+    def serve_grpc_target(self) -> str:
+        return f"{LOCALHOST}:{self.serve_grpc_port}"
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.ray_dashboard_port}"
+
+
+stack_config = StackConfig()
