@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated
+.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-apt cluster-test
 
 help:
 	@echo "make install | up | down | status | redeploy | test | lint | generate | load | bench"
@@ -36,7 +36,7 @@ $(PY):
 # Reinstall only when pyproject.toml changed (editable install: Ray workers import it).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,load]'
 	touch $@
 
 venv: $(STAMP)
@@ -58,12 +58,21 @@ status:
 # Serve does not notice code changes on `serve deploy` of an unchanged config: after
 # editing serve_app/, shut the applications down and deploy them again.
 redeploy: install
-	$(VENV)/bin/serve shutdown -y -a http://127.0.0.1:8265
-	$(DEVSTACK) deploy
+	$(DEVSTACK) redeploy
 
 # --- checks --------------------------------------------------------------------------
-test: up
+test: up cluster-apt
 	$(VENV)/bin/pytest -q
+
+# Kubernetes fidelity: a loopback control plane (etcd, kube-apiserver, controller-manager,
+# scheduler), KWOK and the KubeRay operator run the manifests of kuberay/ and k8s/infra
+# (tests/test_cluster.py, also part of `make test`). Go binaries are built once into
+# .devstack/cluster/bin (cold: ~8 min, then ~10 s to start).
+cluster-apt:
+	@devstack/cluster/install-etcd.sh
+
+cluster-test: cluster-apt venv
+	$(VENV)/bin/pytest -q -m cluster tests/test_cluster.py
 
 # --- generated files (committed; tests fail when they drift) --------------------------
 generate: venv

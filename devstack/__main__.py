@@ -1,5 +1,5 @@
 """python -m devstack up [NAME...] | down [NAME...] | status | start NAME | stop NAME
-| fetch | deploy | endpoints"""
+| fetch | deploy | redeploy | endpoints"""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("endpoints", help="print every endpoint")
     sub.add_parser("fetch", help="download the Kafka jars (Maven)")
     sub.add_parser("deploy", help="serve deploy serve_config.yaml and wait for RUNNING")
+    sub.add_parser("redeploy", help="delete the Serve applications, then deploy (new code)")
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
@@ -41,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(stack.endpoints()))
         elif args.cmd == "fetch":
             stack.fetch()
-        elif args.cmd == "deploy":
+        elif args.cmd in ("deploy", "redeploy"):
             ray = stack.get("ray")
             if not ray.is_running():
                 raise stack.StackError("ray is not running: `python -m devstack up ray`")
-            ray.deploy()  # type: ignore[attr-defined]
+            getattr(ray, args.cmd)()
     except stack.StackError as exc:
         print(f"devstack {args.cmd}: FAILED\n{exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 "${SYS_PY:-python3}" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)  # the browser tests (Selenium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 epmd_before=" $( (pgrep -x epmd || true) | tr "\n" " ") "

@@ -651,6 +651,21 @@ class Ray(Server):
             "Serve applications not RUNNING after deploy:\n" + ("\n".join(lines) or "  (none)")
         )
 
+    def redeploy(self) -> None:
+        """Delete every application, wait until Serve has removed them, deploy again.
+
+        Serve does not notice code changes on `serve deploy` of an unchanged config, and
+        `serve shutdown` only asks for the deletion: deploying before it finished loses
+        the new applications.
+        """
+        result = self._run([venv_bin("serve"), "shutdown", "-y", "-a", self.dashboard], 120)
+        if result.returncode != 0:
+            raise StackError(f"`serve shutdown` failed:\n{result.stdout[-3000:]}")
+        deadline = time.monotonic() + self.deploy_timeout
+        while self.applications() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.deploy()
+
     # -- HAProxy (outlives `ray stop`) -----------------------------------------------
     def record_haproxy(self) -> None:
         """Remember the HAProxy that Serve started: its pid and the config it runs."""

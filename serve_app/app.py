@@ -1,17 +1,49 @@
-"""The Serve applications named in serve_config.yaml, in the order data flows.
+"""The Serve applications of serve_config.yaml, in the order data flows, and their builders.
 
-- ``publisher``: gRPC ingress ``Publisher`` -> ``KafkaWriter`` + ``RabbitWriter``.
-- ``ingress``: the REST ``Ingress``, which reaches the publisher app through a handle.
-- ``consumers``: ``ConsumerSupervisor``, which runs the consumer actors.
+- ``ingest`` (route ``/``, gRPC :9000): the ``Gateway`` (REST + gRPC faces) over the
+  ``KafkaWriter`` and ``RabbitWriter`` deployments, passed in with ``.bind()``.
+- ``consumers`` (route ``/consumers``): ``ConsumerSupervisor``, which runs the consumer actors.
+- ``dashboard`` (route ``/dashboard``): the live page over both stores.
+
+Each builder takes the typed :class:`~serve_app.settings.Settings` (``args:`` in
+serve_config.yaml override the environment) and passes that one object to every deployment.
+No ``from __future__ import annotations`` here: Serve reads the builders' annotation to turn
+``args`` into ``Settings``.
 """
 
-from __future__ import annotations
+from ray import serve
+from ray.serve import Application
 
 from serve_app.consumers import ConsumerSupervisor
-from serve_app.ingress import Ingress
-from serve_app.publisher import Publisher
-from serve_app.writers import KafkaWriter, RabbitWriter
+from serve_app.dashboard_deployment import Dashboard
+from serve_app.gateway import Gateway
+from serve_app.settings import Settings
+from serve_app.writers import KafkaChunkWriter, RabbitChunkWriter
 
-publisher_app = Publisher.bind(KafkaWriter.bind(), RabbitWriter.bind())
-ingress_app = Ingress.bind()
-consumers_app = ConsumerSupervisor.bind()
+
+@serve.deployment(name="KafkaWriter")
+class KafkaWriter(KafkaChunkWriter):
+    """Serve adapter: the Kafka writer, closed with its replica."""
+
+    async def __del__(self) -> None:
+        await self.close()
+
+
+@serve.deployment(name="RabbitWriter")
+class RabbitWriter(RabbitChunkWriter):
+    """Serve adapter: the RabbitMQ writer, closed with its replica."""
+
+    async def __del__(self) -> None:
+        await self.close()
+
+
+def build_ingest_app(config: Settings) -> Application:
+    return Gateway.bind(KafkaWriter.bind(config), RabbitWriter.bind(config), config)
+
+
+def build_consumers_app(config: Settings) -> Application:
+    return ConsumerSupervisor.bind(config)
+
+
+def build_dashboard_app(config: Settings) -> Application:
+    return Dashboard.bind(config)

@@ -34,7 +34,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serve_app.schema import parse_broker_payload
+from serve_app.codec import Poison, decode_message
 from serve_app.settings import Settings, get_settings
 from serve_app.store import CountedTweet, TweetStore, connect_redis, connect_valkey
 from serve_app.topology import POISON_REASON_HEADER, declare_rabbit_topology, ensure_kafka_topics
@@ -90,12 +90,14 @@ def rabbit_actor_name(index: int) -> str:
     return f"{RABBIT_ACTOR_PREFIX}{index}"
 
 
-def _decode(body: bytes) -> CountedTweet:
-    """A broker payload as the store needs it; raises ValueError for poison."""
-    tweet = parse_broker_payload(body)
-    return CountedTweet(
-        id=tweet.id, country=tweet.country, weather=tweet.weather, body=body.decode("utf-8")
-    )
+def _decode(body: bytes) -> tuple[list[CountedTweet], list[Poison]]:
+    """A message (a chunk, or a v1 single tweet) as the store needs it, plus its poison."""
+    decoded = decode_message(body)
+    tweets = [
+        CountedTweet(id=t.id, country=t.country, weather=t.weather, body=t.model_dump_json())
+        for t in decoded.tweets
+    ]
+    return tweets, decoded.poison
 
 
 def _reason(exc: BaseException) -> str:
@@ -289,16 +291,15 @@ class KafkaConsumer(_ConsumerLoop):
         backoff: _Backoff,
     ) -> None:
         tweets: list[CountedTweet] = []
-        poison: list[tuple[Any, str]] = []
+        poison: list[tuple[Any, Poison]] = []
         offsets: dict[TopicPartition, int] = {}
         size = 0
         for tp, records in batches.items():
             for record in records:
                 size += 1
-                try:
-                    tweets.append(_decode(record.value or b""))
-                except ValueError as exc:
-                    poison.append((record, _reason(exc)))
+                good, bad = _decode(record.value or b"")
+                tweets.extend(good)
+                poison.extend((record, p) for p in bad)
             offsets[tp] = records[-1].offset + 1
         first = {tp: records[0].offset for tp, records in batches.items()}
         dead_lettered = False
@@ -349,19 +350,21 @@ class KafkaConsumer(_ConsumerLoop):
             return
         self._count(size, new, len(poison))
 
-    async def _dead_letter(self, producer: AIOKafkaProducer, poison: list[tuple[Any, str]]) -> None:
+    async def _dead_letter(
+        self, producer: AIOKafkaProducer, poison: list[tuple[Any, Poison]]
+    ) -> None:
         s = self.settings
         futures = []
-        for record, reason in poison:
+        for record, bad in poison:
             headers = [
-                (POISON_REASON_HEADER, reason.encode()),
+                (POISON_REASON_HEADER, bad.reason.encode()),
                 (ORIGINAL_TOPIC_HEADER, record.topic.encode()),
                 (ORIGINAL_PARTITION_HEADER, str(record.partition).encode()),
                 (ORIGINAL_OFFSET_HEADER, str(record.offset).encode()),
             ]
             futures.append(
                 await producer.send(
-                    s.kafka_dead_letter_topic, value=record.value, key=record.key, headers=headers
+                    s.kafka_dead_letter_topic, value=bad.body, key=record.key, headers=headers
                 )
             )
         await asyncio.gather(*futures)
@@ -437,26 +440,25 @@ class RabbitConsumer(_ConsumerLoop):
         backoff: _Backoff,
     ) -> None:
         tweets: list[CountedTweet] = []
-        poison: list[tuple[aio_pika.abc.AbstractIncomingMessage, str]] = []
+        poison: list[tuple[aio_pika.abc.AbstractIncomingMessage, Poison]] = []
         for message in batch:
-            try:
-                tweets.append(_decode(message.body))
-            except ValueError as exc:
-                poison.append((message, _reason(exc)))
+            good, bad = _decode(message.body)
+            tweets.extend(good)
+            poison.extend((message, p) for p in bad)
         dead_lettered = False
         new = 0
 
         async def attempt() -> bool:
             nonlocal dead_lettered, new
             if poison and not dead_lettered:
-                for message, reason in poison:
+                for message, bad in poison:
                     headers = dict(message.headers or {})
-                    headers[POISON_REASON_HEADER] = reason
+                    headers[POISON_REASON_HEADER] = bad.reason
                     await dead_letters.publish(
                         aio_pika.Message(
-                            body=message.body,
+                            body=bad.body,
                             headers=headers,
-                            message_id=message.message_id,
+                            message_id=bad.id or message.message_id,
                             content_type=message.content_type,
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         ),
@@ -601,44 +603,3 @@ class ConsumerSupervisor:
 
     def __del__(self) -> None:
         self.shutdown()
-
-
-# --- lag helpers (tests, benchmark, dashboards) -------------------------------------
-
-
-async def kafka_lag(settings: Settings | None = None) -> int:
-    """Sum over the topic's partitions of end offset - committed offset of the group."""
-    s = settings or get_settings()
-    client = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_consumer_group,
-        enable_auto_commit=False,
-    )
-    await client.start()
-    try:
-        cluster = await client._client.fetch_all_metadata()  # no public async equivalent
-        partitions = cluster.partitions_for_topic(s.kafka_topic) or set()
-        tps = [TopicPartition(s.kafka_topic, p) for p in sorted(partitions)]
-        if not tps:
-            return 0
-        ends = await client.end_offsets(tps)
-        starts = await client.beginning_offsets(tps)
-        lag = 0
-        for tp in tps:
-            committed = await client.committed(tp)
-            lag += ends[tp] - (committed if committed is not None else starts[tp])
-        return lag
-    finally:
-        await client.stop()
-
-
-async def rabbit_depth(settings: Settings | None = None) -> int:
-    """Messages ready in the tweet queue (passive declare; excludes unacked deliveries)."""
-    s = settings or get_settings()
-    connection = await aio_pika.connect(s.rabbitmq_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(s.rabbitmq_queue, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-    finally:
-        await connection.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from serve_app.ingest import IngestLimits
 from serve_app.schema import TweetIn
-from serve_app.settings import settings
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -16,8 +16,8 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=1)
-def openapi_document() -> dict[str, Any]:
+@lru_cache(maxsize=4)
+def openapi_document(limits: IngestLimits) -> dict[str, Any]:
     tweet_schema = TweetIn.model_json_schema(ref_template="#/components/schemas/{model}")
     ids = {"type": "array", "items": {"type": "string"}}
     return {
@@ -51,7 +51,7 @@ def openapi_document() -> dict[str, Any]:
                                         {
                                             "type": "array",
                                             "minItems": 1,
-                                            "maxItems": settings.max_batch_tweets,
+                                            "maxItems": limits.max_batch_tweets,
                                             "items": {"$ref": "#/components/schemas/TweetIn"},
                                         },
                                     ]
@@ -75,11 +75,18 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": _error("Malformed JSON"),
-                        "413": _error(f"Body over {settings.max_body_bytes} bytes"),
-                        "415": _error("Content-Type is not application/json"),
+                        "400": _error(
+                            "Malformed JSON (RFC 8259: UTF-8, no byte order mark, no "
+                            "duplicate keys, at most "
+                            f"{limits.max_json_depth} levels deep)"
+                        ),
+                        "413": _error(f"Body over {limits.max_body_bytes} bytes"),
+                        "415": _error("Content-Type is not application/json; charset=utf-8"),
                         "422": _error("Schema violation; details name index and field"),
-                        "503": _error("A broker is unreachable or slow; retry the same ids"),
+                        "503": _error(
+                            "A broker is unreachable or slow; retry the same ids after "
+                            "Retry-After seconds"
+                        ),
                     },
                 }
             },

@@ -1,12 +1,27 @@
 """The tweet schema: one pydantic model validates every path (REST, gRPC, consumers).
 
-The gRPC messages in proto/weather/v1/weather.proto carry the same fields; this module
-converts between the two so the rules below are the only rules.
+The gRPC messages in proto/weather/v1/weather.proto carry the same fields; the rules below
+are the only rules. Normalisation is deliberately small and documented, so that no
+look-alike can pass for a valid value:
+
+* ``country``: exactly two ASCII letters, upper-cased, in ISO 3166-1 alpha-2 (so ``"ıo"``,
+  whose Unicode upper case is ``"IO"``, is refused);
+* ``weather``: one of the configured values, ignoring the case of ASCII letters only (so
+  ``"nubloſo"``, whose Unicode case fold is ``"nubloso"``, is refused);
+* ``description``: 1–280 code points of valid Unicode (pydantic refuses lone surrogates),
+  kept byte-exact.
+
+The configured weather values reach validation as pydantic context (:class:`TweetRules`):
+settings are passed in, not read globally. Tweets read back from a broker were validated at
+ingest, so they are checked for shape only (a changed weather list never turns messages
+already in a broker into poison).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,15 +32,41 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
-from serve_app.settings import settings
-
 COUNTRY_CODES: frozenset[str] = frozenset(c.alpha_2 for c in pycountry.countries)
-_WEATHER_BY_FOLDED: dict[str, str] = {w.casefold(): w for w in settings.weathers}
+DESCRIPTION_MAX_CHARS = 280
+ID_MAX_CHARS = 128
 
-TweetId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+TweetId = Annotated[
+    str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+def _ascii_key(value: str) -> str | None:
+    """The case-insensitive key of an ASCII string; None for anything else."""
+    return value.lower() if value.isascii() else None
+
+
+@dataclass(frozen=True)
+class TweetRules:
+    """What validation needs from the settings: the accepted weather values."""
+
+    weathers: tuple[str, ...]
+    _by_key: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_key = {_ascii_key(w) or w: w for w in self.weathers}
+        object.__setattr__(self, "_by_key", by_key)
+
+    def canonical_weather(self, value: str) -> str | None:
+        return self._by_key.get(_ascii_key(value) or value)
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return {"rules": self}
 
 
 class TweetIn(BaseModel):
@@ -34,9 +75,9 @@ class TweetIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     id: TweetId | None = None
-    description: Annotated[str, StringConstraints(min_length=1, max_length=280)]
-    country: str
-    weather: str
+    description: Annotated[str, StringConstraints(min_length=1, max_length=DESCRIPTION_MAX_CHARS)]
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
+    weather: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
     @field_validator("country")
     @classmethod
@@ -48,10 +89,13 @@ class TweetIn(BaseModel):
 
     @field_validator("weather")
     @classmethod
-    def _configured_weather(cls, value: str) -> str:
-        canonical = _WEATHER_BY_FOLDED.get(value.casefold())
+    def _configured_weather(cls, value: str, info: ValidationInfo) -> str:
+        rules: TweetRules | None = (info.context or {}).get("rules")
+        if rules is None:
+            return value
+        canonical = rules.canonical_weather(value)
         if canonical is None:
-            raise ValueError(f"'{value}' is not one of {', '.join(settings.weathers)}")
+            raise ValueError(f"'{value}' is not one of {', '.join(rules.weathers)}")
         return canonical
 
 
@@ -77,15 +121,18 @@ class TweetValidationError(ValueError):
         super().__init__("; ".join(f"{e['loc']}: {e['msg']}" for e in errors))
 
 
-def validate_tweets(items: list[Any], *, index_errors: bool = True) -> list[TweetIn]:
+def validate_tweets(
+    items: list[Any], rules: TweetRules, *, index_errors: bool = True
+) -> list[TweetIn]:
     """Validate every item before any is used; one bad item rejects them all."""
     try:
-        return _TWEET_LIST.validate_python(items)
+        return _TWEET_LIST.validate_python(items, context=rules.context)
     except ValidationError as exc:
-        raise TweetValidationError(_describe(exc, index_errors)) from None
+        raise TweetValidationError(describe_errors(exc, index_errors)) from None
 
 
-def _describe(exc: ValidationError, index_errors: bool) -> list[dict[str, Any]]:
+def describe_errors(exc: ValidationError, index_errors: bool = True) -> list[dict[str, Any]]:
+    """pydantic's errors as ``{loc, msg, type}``; ``loc`` without the list index if asked."""
     described = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = list(err["loc"]) if index_errors else list(err["loc"])[1:]
@@ -94,7 +141,7 @@ def _describe(exc: ValidationError, index_errors: bool) -> list[dict[str, Any]]:
     return described
 
 
-def count_tweets(batches: list[list[Tweet]]) -> int:
+def count_tweets(batches: Sequence[Sequence[Any]]) -> int:
     """Batch size for ``serve.batch``: tweets, not calls (one call may carry 1,000)."""
     return sum(len(b) for b in batches)
 
@@ -103,7 +150,7 @@ def new_tweet_id() -> str:
     return str(uuid.uuid4())
 
 
-def accept(tweets: list[TweetIn], now: datetime | None = None) -> list[Tweet]:
+def accept(tweets: Sequence[TweetIn], now: datetime | None = None) -> list[Tweet]:
     """Give every tweet an id (the client's, or a fresh UUID) and the acceptance time.
 
     The tweets are already validated, so they are built without validating again.
@@ -119,11 +166,3 @@ def accept(tweets: list[TweetIn], now: datetime | None = None) -> list[Tweet]:
         )
         for t in tweets
     ]
-
-
-def parse_broker_payload(body: bytes) -> Tweet:
-    """Decode a message read back from a broker; raises ValueError on a poison message."""
-    try:
-        return Tweet.model_validate_json(body)
-    except ValidationError as exc:
-        raise TweetValidationError(_describe(exc, index_errors=False)) from None

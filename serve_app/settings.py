@@ -1,15 +1,20 @@
 """The one place that reads environment variables.
 
-Every component (Serve deployments, consumer actors, the local stack, tests,
-load tests) imports :data:`settings`; no address or name is written anywhere else.
+The Serve application builders (``serve_app.app``) build :class:`Settings` once and pass it
+to every deployment and consumer actor; runtime code never reads the environment itself.
+Tooling (the local stack, tests, load tests) uses :data:`settings`. No address or name is
+written anywhere else.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import quote
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serve_app.schema import TweetRules
 
 
 class Settings(BaseSettings):
@@ -47,30 +52,37 @@ class Settings(BaseSettings):
     # Tweet schema
     weather_values: str = "Lluvioso,Nubloso,Soleado"
 
-    # Ingress
+    # Ingest (gateway and writers)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     max_batch_tweets: int = Field(default=1000, ge=1)
+    max_json_depth: int = Field(default=8, ge=2)
+    max_chunk_bytes: int = Field(default=262_144, ge=4096)
     publish_timeout_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=2, ge=1)
 
     # Consumers and store
     kafka_consumers: int = Field(default=1, ge=0)
     rabbit_consumers: int = Field(default=1, ge=0)
-    consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_batch_size: int = Field(default=100, ge=1)  # messages (chunks) per batch
     latest_tweets_length: int = Field(default=100, ge=1)
     seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
 
     @property
     def rabbitmq_url(self) -> str:
-        vhost = "%2F" if self.rabbitmq_vhost == "/" else self.rabbitmq_vhost
-        return (
-            f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}"
-            f"@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+        """AMQP URL with user, password and vhost escaped (any character may be in them)."""
+        user, password, vhost = (
+            quote(v, safe="")
+            for v in (self.rabbitmq_user, self.rabbitmq_password, self.rabbitmq_vhost)
         )
+        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
 
     @property
     def weathers(self) -> tuple[str, ...]:
         return tuple(w.strip() for w in self.weather_values.split(",") if w.strip())
+
+    @property
+    def tweet_rules(self) -> TweetRules:
+        return TweetRules(self.weathers)
 
 
 @lru_cache(maxsize=1)

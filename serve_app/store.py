@@ -7,6 +7,7 @@ Both stores (Redis fed by Kafka, Valkey fed by RabbitMQ) use the same layout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,6 +138,32 @@ class TweetStore:
 
     async def latest_length(self) -> int:
         return int(await self.client.llen(KEYS.latest))
+
+
+def both_stores(settings: Settings) -> dict[str, TweetStore]:
+    """Redis (fed by Kafka) and Valkey (fed by RabbitMQ), named as ``GET /stats`` names them."""
+    return {
+        "redis": TweetStore(connect_redis(settings), settings),
+        "valkey": TweetStore(connect_valkey(settings), settings),
+    }
+
+
+async def read_side_by_side(
+    stores: dict[str, TweetStore], latest: int = 0
+) -> tuple[dict[str, Any], bool]:
+    """Every store's counts, read at the same time; a store that is down is reported as
+    ``{"error": ...}`` and the other is still shown. Returns the stats and whether all
+    answered."""
+
+    async def read(tweet_store: TweetStore) -> dict[str, Any]:
+        try:
+            return await tweet_store.read_stats(latest=latest)
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    names = list(stores)
+    results = await asyncio.gather(*(read(stores[n]) for n in names))
+    return dict(zip(names, results, strict=True)), not any("error" in r for r in results)
 
 
 def _ints(mapping: dict[str, str]) -> dict[str, int]:

@@ -1,78 +1,47 @@
-"""Stage 3: the writers. Each replica keeps one broker connection and reuses it.
+"""Stage 2: the broker writers (no Ray in here; ``serve_app.app`` makes them deployments).
 
-``KafkaWriter`` and ``RabbitWriter`` take a batch of already-encoded tweets and return only
-once the broker has confirmed every one of them (Kafka acks=all, RabbitMQ publisher
-confirms); otherwise they raise :class:`BrokerUnavailable`, which the ingress turns into
-503 + Retry-After and the gRPC service into UNAVAILABLE.
+Each writer keeps one broker connection and reuses it. ``write`` takes encoded chunks
+(:mod:`serve_app.codec`) and returns only once the broker confirmed every one of them
+(Kafka acks=all with an idempotent producer; RabbitMQ publisher confirms, persistent
+messages, ``mandatory`` so that an unroutable message is a failure, never a success);
+otherwise it raises :class:`~serve_app.ingest.BrokerUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aio_pika
 from aiokafka import AIOKafkaProducer
-from ray import serve
 
-from serve_app.settings import Settings, settings
+from serve_app.codec import Chunk
+from serve_app.ingest import BrokerUnavailable, describe
+from serve_app.settings import Settings
 from serve_app.topology import declare_rabbit_topology, ensure_kafka_topics
-
-log = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class EncodedTweet:
-    """A tweet as both brokers carry it: id, Kafka key (country) and JSON payload."""
-
-    id: str
-    country: str
-    payload: bytes
-
-
-class BrokerUnavailable(RuntimeError):
-    """A broker could not confirm a batch in time; nothing of it may be reported accepted."""
-
-    def __init__(self, broker: str, reason: str) -> None:
-        self.broker = broker
-        self.reason = reason
-        super().__init__(broker, reason)  # both in args, so the error survives pickling
-
-    def __str__(self) -> str:
-        return self.summary
-
-    @property
-    def summary(self) -> str:
-        """One line for clients (``str()`` of a Ray-wrapped error carries a traceback)."""
-        return f"{self.broker} unavailable: {self.reason}"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class _Writer:
-    """Lazy, self-healing connection + a deadline on every broker round trip."""
+    """Lazy, self-healing connection and a deadline on every broker round trip."""
 
     broker = ""
 
-    def __init__(self, config: Settings = settings) -> None:
+    def __init__(self, config: Settings) -> None:
         self.settings = config
         self._connect_lock = asyncio.Lock()
 
     async def _connect(self) -> None:
         raise NotImplementedError
 
-    async def _send(self, tweets: list[EncodedTweet]) -> None:
+    def _connected(self) -> bool:
+        raise NotImplementedError
+
+    async def _send(self, chunks: Sequence[Chunk]) -> None:
         raise NotImplementedError
 
     async def _probe(self) -> None:
-        raise NotImplementedError
-
-    def _connected(self) -> bool:
         raise NotImplementedError
 
     async def _ensure_connected(self) -> None:
@@ -82,35 +51,34 @@ class _Writer:
             if not self._connected():
                 await self._connect()
 
-    async def _guarded(self, operation) -> None:
+    async def _guarded(self, operation: Callable[[], Awaitable[None]], timeout_s: float) -> None:
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await self._ensure_connected()
                 await operation()
         except Exception as exc:  # any broker failure means "not confirmed"
-            raise BrokerUnavailable(self.broker, _describe(exc)) from exc
+            raise BrokerUnavailable(self.broker, describe(exc)) from exc
 
-    async def write(self, tweets: list[EncodedTweet]) -> int:
-        """Publish every tweet and wait for the broker's confirmation of each."""
-        await self._guarded(lambda: self._send(tweets))
-        return len(tweets)
+    async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int:
+        """Publish every chunk and wait for the broker's confirmation of each."""
+        await self._guarded(lambda: self._send(chunks), timeout_s)
+        return len(chunks)
 
-    async def health(self) -> dict[str, object]:
-        """A real round trip to the broker, bounded by the publish timeout."""
+    async def health(self, timeout_s: float) -> dict[str, Any]:
+        """A real round trip to the broker."""
         try:
-            await self._guarded(self._probe)
+            await self._guarded(self._probe, timeout_s)
         except BrokerUnavailable as exc:
             return {"ok": False, "detail": exc.reason}
         return {"ok": True, "detail": "reachable"}
 
 
-@serve.deployment
-class KafkaWriter(_Writer):
-    """Idempotent producer (acks=all), keyed by country so a country keeps its order."""
+class KafkaChunkWriter(_Writer):
+    """One record per chunk, keyed by country: a country's tweets stay in order."""
 
     broker = "kafka"
 
-    def __init__(self, config: Settings = settings) -> None:
+    def __init__(self, config: Settings) -> None:
         super().__init__(config)
         self._producer: AIOKafkaProducer | None = None
 
@@ -125,6 +93,7 @@ class KafkaWriter(_Writer):
             enable_idempotence=True,
             linger_ms=1,
             max_batch_size=1_048_576,
+            max_request_size=2 * self.settings.max_chunk_bytes + 65_536,
             request_timeout_ms=int(self.settings.publish_timeout_s * 1000),
         )
         try:
@@ -134,13 +103,11 @@ class KafkaWriter(_Writer):
             raise
         self._producer = producer
 
-    async def _send(self, tweets: list[EncodedTweet]) -> None:
+    async def _send(self, chunks: Sequence[Chunk]) -> None:
         assert self._producer is not None
         topic = self.settings.kafka_topic
-        deliveries = [
-            await self._producer.send(topic, value=t.payload, key=t.country.encode())
-            for t in tweets
-        ]
+        send = self._producer.send
+        deliveries = [await send(topic, value=c.body, key=c.country.encode()) for c in chunks]
         await asyncio.gather(*deliveries)
 
     async def _probe(self) -> None:
@@ -149,18 +116,17 @@ class KafkaWriter(_Writer):
         if not metadata.brokers():
             raise ConnectionError("no Kafka broker answered a metadata request")
 
-    async def __del__(self) -> None:
+    async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
 
 
-@serve.deployment
-class RabbitWriter(_Writer):
-    """Persistent messages to a durable exchange, each one confirmed by the broker."""
+class RabbitChunkWriter(_Writer):
+    """One persistent, mandatory message per chunk to the durable exchange, each confirmed."""
 
     broker = "rabbitmq"
 
-    def __init__(self, config: Settings = settings) -> None:
+    def __init__(self, config: Settings) -> None:
         super().__init__(config)
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -171,27 +137,36 @@ class RabbitWriter(_Writer):
     async def _connect(self) -> None:
         # A robust connection re-opens itself and its channel after a broker restart.
         connection = await aio_pika.connect_robust(
-            self.settings.rabbitmq_url, timeout=self.settings.publish_timeout_s
+            self.settings.rabbitmq_url,
+            timeout=self.settings.publish_timeout_s,
+            client_properties={"connection_name": "weather-writer"},
         )
-        channel = await connection.channel(publisher_confirms=True)
-        self._exchange, _ = await declare_rabbit_topology(channel, self.settings)
+        try:
+            # on_return_raises: a message the broker could not route is an error
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange, _ = await declare_rabbit_topology(channel, self.settings)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
         self._connection = connection
 
-    async def _send(self, tweets: list[EncodedTweet]) -> None:
+    async def _send(self, chunks: Sequence[Chunk]) -> None:
         assert self._exchange is not None
         publish = self._exchange.publish
         await asyncio.gather(
             *(
                 publish(
                     aio_pika.Message(
-                        t.payload,
-                        message_id=t.id,
+                        c.body,
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers={"x-tweets": len(c.ids)},
                     ),
-                    routing_key=t.country,
+                    routing_key=c.country,
+                    mandatory=True,
                 )
-                for t in tweets
+                for c in chunks
             )
         )
 
@@ -203,8 +178,9 @@ class RabbitWriter(_Writer):
         try:
             await channel.get_exchange(self.settings.rabbitmq_exchange, ensure=True)
         finally:
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
 
-    async def __del__(self) -> None:
+    async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()

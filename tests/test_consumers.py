@@ -30,6 +30,7 @@ from counting import (
 )
 from ray import serve
 
+from devstack.config import stack_config
 from serve_app.consumers import (
     NAMESPACE,
     ORIGINAL_OFFSET_HEADER,
@@ -37,11 +38,10 @@ from serve_app.consumers import (
     ConsumerConfigError,
     ConsumerSupervisor,
     kafka_actor_name,
-    kafka_lag,
     rabbit_actor_name,
-    rabbit_depth,
     validate_consumer_counts,
 )
+from serve_app.monitor import kafka_lag, rabbit_depth
 from serve_app.schema import Tweet
 from serve_app.settings import settings
 from serve_app.store import TweetStore, connect_redis, connect_valkey
@@ -229,7 +229,7 @@ async def test_supervisor_reports_every_actor_running(consumers_app: Any) -> Non
         assert status["running"] and status["connected"], status
         assert {"batches", "last_error"} <= set(status)
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.get(f"http://127.0.0.1:{settings.serve_http_port}/consumers")
+        response = await client.get(f"{stack_config.serve_http_url}/consumers")
     assert response.status_code == 200, response.text
     assert set(response.json()["actors"]) == names
 

@@ -1,4 +1,4 @@
-"""Integration: REST and gRPC ingress -> Publisher -> writers -> real Kafka and RabbitMQ.
+"""Integration: REST and gRPC faces of the Gateway -> writers -> real Kafka and RabbitMQ.
 
 Talks to the stack started by ``make up`` (real Kafka, RabbitMQ, Ray Serve) over 127.0.0.1.
 """
@@ -20,13 +20,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from devstack import stack
 from devstack.config import stack_config
+from serve_app.codec import decode_message
+from serve_app.grpc_api import ID_PREFIX_METADATA
 from serve_app.pb.weather.v1 import weather_pb2, weather_pb2_grpc
 from serve_app.settings import settings
 from serve_app.topology import declare_rabbit_topology, ensure_kafka_topics
 
 BASE = stack_config.serve_http_url
 GRPC_TARGET = stack_config.serve_grpc_target
-GRPC_METADATA = (("application", "publisher"),)
+GRPC_METADATA = (("application", "ingest"),)
 pytestmark = pytest.mark.usefixtures("devstack_serve")
 
 TEXT = "Está lloviendo 🌧️ — «ñandú» 雨"
@@ -40,6 +42,13 @@ def tweet(**overrides: str) -> dict[str, str]:
 def http() -> httpx.Client:
     with httpx.Client(base_url=BASE, timeout=30) as client:
         yield client
+
+
+def _tweets(body: bytes) -> list[dict]:
+    """The tweets of one broker message (a chunk of one country), as JSON objects."""
+    decoded = decode_message(body)
+    assert decoded.poison == []
+    return [json.loads(t.model_dump_json()) for t in decoded.tweets]
 
 
 class BrokerTap:
@@ -89,8 +98,9 @@ class BrokerTap:
             for tp, messages in batch.items():
                 for m in messages:
                     if self.start_offsets[tp] <= m.offset < ends[tp]:
-                        assert m.key.decode() == json.loads(m.value)["country"]
-                        records.append(json.loads(m.value))
+                        tweets = _tweets(m.value)
+                        assert {t["country"] for t in tweets} == {m.key.decode()}
+                        records.extend(tweets)
         return records
 
     async def kafka_moved(self) -> int:
@@ -107,10 +117,10 @@ class BrokerTap:
             if message is None:
                 await asyncio.sleep(0.05)
                 continue
-            body = json.loads(message.body)
-            assert message.message_id == body["id"]
-            missing.discard(body["id"])
-            bodies.append(body)
+            tweets = _tweets(message.body)
+            assert message.headers["x-tweets"] == len(tweets)
+            missing.difference_update(t["id"] for t in tweets)
+            bodies.extend(tweets)
         return bodies
 
     async def rabbit_depth(self) -> int:
@@ -286,6 +296,14 @@ def test_broker_outage_gives_503_then_recovers_without_restart(http, broker: str
         assert broker in refused.json()["error"] and refused.json()["ids"]
         health = http.get("/health")
         assert health.status_code == 503 and not health.json()[broker]["ok"]
+        channel, stub = _grpc_stub()
+        with channel, pytest.raises(grpc.RpcError) as caught:
+            stub.Publish(weather_pb2.Tweet(description=TEXT, country="GT", weather="Soleado"),
+                         metadata=GRPC_METADATA, timeout=30)  # fmt: skip
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert broker in caught.value.details()
+        trailing = dict(caught.value.trailing_metadata() or ())
+        assert trailing.get(ID_PREFIX_METADATA), trailing
     finally:
         stack.start(broker)
     assert _wait_for_status(http, "/input", 202, post=True).status_code == 202

@@ -1,0 +1,161 @@
+"""Stage 1 core: take tweets in and publish them to both brokers (no Ray in here).
+
+validate → assign ids → encode once (chunks, :mod:`serve_app.codec`) → write to every
+broker concurrently → done, or :class:`PublishFailed` naming each broker that did not
+confirm. The REST and gRPC faces and the Serve ``Gateway`` are thin layers over this; the
+unit tests drive it with plain fake writers.
+
+A request is accepted (202 / OK) only when every writer confirmed every chunk. Anything
+less raises :class:`PublishFailed`, and the faces answer 503 / UNAVAILABLE with the ids:
+a retry with those ids is never counted twice, because the stores count an id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from serve_app.codec import Chunk, encode_chunks
+from serve_app.schema import Tweet, TweetIn, TweetRules, validate_tweets
+
+
+class Writer(Protocol):
+    """One broker's writer: returns only once the broker confirmed every chunk."""
+
+    broker: str
+
+    async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int: ...
+
+    async def health(self, timeout_s: float) -> dict[str, Any]: ...
+
+
+class BrokerUnavailable(RuntimeError):
+    """A broker did not confirm in time; nothing of the write may be reported accepted."""
+
+    def __init__(self, broker: str, reason: str) -> None:
+        self.broker = broker
+        self.reason = reason
+        super().__init__(broker, reason)  # both in args, so the error survives pickling
+
+    def __str__(self) -> str:
+        return f"{self.broker} unavailable: {self.reason}"
+
+
+class PublishFailed(RuntimeError):
+    """Not every broker confirmed; ``reasons`` names each one that did not."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+        super().__init__(reasons)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{broker} unavailable: {why}" for broker, why in self.reasons.items())
+
+
+def describe(exc: BaseException) -> str:
+    """One line for clients (``str()`` of a Ray-wrapped error would carry a traceback)."""
+    if isinstance(exc, BrokerUnavailable):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps the original exception
+    if isinstance(cause, BaseException) and cause is not exc:
+        return describe(cause)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}"[:300] if text else type(exc).__name__
+
+
+def request_id_prefix() -> str:
+    """Ids the pipeline assigns are ``<one uuid per request>-<index in the request>``: unique,
+    and a client can rebuild every one of them from the prefix alone (gRPC errors carry
+    only the prefix, since metadata cannot hold a thousand ids)."""
+    return str(uuid.uuid4())
+
+
+def accept(
+    tweets: Sequence[TweetIn], prefix: str | None = None, now: datetime | None = None
+) -> list[Tweet]:
+    """Give every tweet an id (the client's, else ``<prefix>-<index>``) and the acceptance
+    time. The tweets are already validated, so they are built without validating again."""
+    prefix = prefix or request_id_prefix()
+    accepted_at = now or datetime.now(UTC)
+    return [
+        Tweet.model_construct(
+            id=t.id or f"{prefix}-{i}",
+            description=t.description,
+            country=t.country,
+            weather=t.weather,
+            accepted_at=accepted_at,
+        )
+        for i, t in enumerate(tweets)
+    ]
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Request limits both faces enforce (documented in the README and the OpenAPI)."""
+
+    max_body_bytes: int
+    max_batch_tweets: int
+    max_json_depth: int
+    retry_after_s: int
+
+
+class Ingest:
+    """Validation and the write to both brokers, over any two :class:`Writer` objects."""
+
+    def __init__(
+        self,
+        writers: Sequence[Writer],
+        rules: TweetRules,
+        limits: IngestLimits,
+        max_chunk_bytes: int,
+        publish_timeout_s: float,
+    ) -> None:
+        self.writers = tuple(writers)
+        self.rules = rules
+        self.limits = limits
+        self.max_chunk_bytes = max_chunk_bytes
+        self.publish_timeout_s = publish_timeout_s
+
+    def validate(self, items: list[Any], *, index_errors: bool = True) -> list[TweetIn]:
+        """All-or-nothing: raises TweetValidationError naming every bad field."""
+        return validate_tweets(items, self.rules, index_errors=index_errors)
+
+    async def publish(self, tweets: Sequence[Tweet]) -> None:
+        """Encode once, write to every broker at the same time, within one deadline."""
+        chunks = encode_chunks(tweets, self.max_chunk_bytes)
+        timeout_s = self.publish_timeout_s
+        results = await asyncio.gather(
+            *(self._write(w, chunks, timeout_s) for w in self.writers), return_exceptions=True
+        )
+        failures = {
+            w.broker: describe(r)
+            for w, r in zip(self.writers, results, strict=True)
+            if isinstance(r, BaseException)
+        }
+        if failures:
+            raise PublishFailed(failures)
+
+    @staticmethod
+    async def _write(writer: Writer, chunks: list[Chunk], timeout_s: float) -> int:
+        async with asyncio.timeout(timeout_s):
+            return await writer.write(chunks, timeout_s)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Each broker: a real round trip, bounded by the publish timeout."""
+        timeout_s = self.publish_timeout_s
+
+        async def check(writer: Writer) -> dict[str, Any]:
+            try:
+                async with asyncio.timeout(timeout_s + 1):
+                    return await writer.health(timeout_s)
+            except Exception as exc:  # the writer itself is unreachable
+                return {"ok": False, "detail": describe(exc)}
+
+        reports = await asyncio.gather(*(check(w) for w in self.writers))
+        return {w.broker: r for w, r in zip(self.writers, reports, strict=True)}

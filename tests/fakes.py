@@ -1,0 +1,66 @@
+"""Plain fakes for the Ray-free cores: no server, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from serve_app.codec import Chunk, decode_message
+from serve_app.ingest import BrokerUnavailable, Ingest, IngestLimits
+from serve_app.schema import Tweet, TweetRules
+
+RULES = TweetRules(("Lluvioso", "Nubloso", "Soleado"))
+LIMITS = IngestLimits(max_body_bytes=65_536, max_batch_tweets=50, max_json_depth=8, retry_after_s=2)
+
+
+class FakeWriter:
+    """Records every chunk it confirms; can be told to fail or to hang."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker = broker
+        self.chunks: list[Chunk] = []
+        self.fail: str | None = None
+        self.hang = False
+
+    async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.fail:
+            raise BrokerUnavailable(self.broker, self.fail)
+        self.chunks.extend(chunks)
+        return len(chunks)
+
+    async def health(self, timeout_s: float) -> dict[str, Any]:
+        return {"ok": not self.fail, "detail": self.fail or "reachable"}
+
+    def tweets(self) -> list[Tweet]:
+        return [t for c in self.chunks for t in decode_message(c.body).tweets]
+
+
+def make_ingest(timeout_s: float = 1.0) -> tuple[Ingest, FakeWriter, FakeWriter]:
+    kafka, rabbit = FakeWriter("kafka"), FakeWriter("rabbitmq")
+    ingest = Ingest(
+        [kafka, rabbit], RULES, LIMITS, max_chunk_bytes=8192, publish_timeout_s=timeout_s
+    )
+    return ingest, kafka, rabbit
+
+
+class FakeGrpcContext:
+    """What a servicer sets on a gRPC context."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode = grpc.StatusCode.OK
+        self.details = ""
+        self.trailing: list[tuple[str, str]] = []
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, trailing_metadata: list[tuple[str, str]]) -> None:
+        self.trailing = trailing_metadata
