@@ -18,7 +18,7 @@ from typing import Any
 from loadtest.serveops import GRPC_TARGET
 from loadtest.tweets import TweetFactory
 
-METADATA = (("application", "publisher"),)
+PIPELINE_APP = "ingest"
 
 
 @dataclass
@@ -34,18 +34,19 @@ class GrpcResult:
 
 
 async def _worker(stub: Any, pb: Any, factory: TweetFactory, batch: int, stop_at: float,
-                  budget: list[int], out: dict[str, Any]) -> None:  # fmt: skip
+                  budget: list[int], out: dict[str, Any], app: str) -> None:  # fmt: skip
+    metadata = (("application", app),)
     while time.time() < stop_at and budget[0] > 0:
         budget[0] -= 1
         tweets = factory.many(batch)
         started = time.perf_counter()
         try:
             if batch == 1:
-                reply = await stub.Publish(pb.Tweet(**tweets[0]), metadata=METADATA, timeout=10)
+                reply = await stub.Publish(pb.Tweet(**tweets[0]), metadata=metadata, timeout=10)
                 n = 1 if reply.id else 0
             else:
                 message = pb.TweetBatch(tweets=[pb.Tweet(**t) for t in tweets])
-                reply = await stub.PublishBatch(message, metadata=METADATA, timeout=10)
+                reply = await stub.PublishBatch(message, metadata=metadata, timeout=10)
                 n = len(reply.ids)
         except Exception as exc:  # noqa: BLE001 - counted by kind
             code = getattr(exc, "code", lambda: None)()
@@ -74,7 +75,9 @@ async def _process_main(args: dict[str, Any], start_at: float) -> dict[str, Any]
         stop_at = start_at + args["duration_s"]
         await asyncio.gather(
             *(
-                _worker(stub, weather_pb2, factory, args["batch"], stop_at, budget, out)
+                _worker(
+                    stub, weather_pb2, factory, args["batch"], stop_at, budget, out, args["app"]
+                )
                 for _ in range(args["concurrency"])
             )
         )
@@ -102,6 +105,7 @@ def run(
     tag: str = "grpc",
     max_requests: int = 5_000_000,
     start_delay_s: float = 3.0,
+    application: str = PIPELINE_APP,
 ) -> GrpcResult:
     """Run the load (blocking); ``start_delay_s`` lets every process import and connect."""
     ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
@@ -116,6 +120,7 @@ def run(
             "concurrency": concurrency,
             "duration_s": duration_s,
             "max_requests": per_process,
+            "app": application,
         }
         child = ctx.Process(target=_child, args=(args, start_at, queue), daemon=True)
         child.start()

@@ -1,9 +1,9 @@
-"""Locust load test of the pipeline's two ingresses (run by `make load`).
+"""Locust load test of the pipeline's two faces, REST and gRPC (run by `make load`).
 
 * :class:`RestUser` (Locust's FastHttpUser) POSTs seed-shaped tweets to ``/input`` on the
   Serve HTTP proxy: mostly single tweets, some batches of 10-100.
 * :class:`GrpcUser` calls ``weather.v1.Publisher`` (Publish / PublishBatch) through
-  Serve's gRPC proxy with metadata ``application: publisher``, following Locust's
+  Serve's gRPC proxy with metadata ``application: ingest``, following Locust's
   documented gRPC pattern (a User with its own client whose interceptor fires request
   events).
 
@@ -35,7 +35,7 @@ from serve_app.pb.weather.v1 import weather_pb2, weather_pb2_grpc
 grpc_gevent.init_gevent()  # gRPC's I/O must cooperate with Locust's gevent loop
 
 GRPC_TARGET = stack_config.serve_grpc_target
-GRPC_METADATA = (("application", "publisher"),)
+GRPC_METADATA = (("application", "ingest"),)
 ACCEPTED = {"rest": 0, "grpc": 0}
 _factory = TweetFactory(f"locust-{os.getpid()}-{int(time.time())}")
 

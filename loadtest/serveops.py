@@ -35,7 +35,7 @@ SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY":
 
 NOOP_APP = "noop"
 NOOP_ROUTE = "/noop"
-SCALED = (("ingress", "Ingress"), ("publisher", "Publisher"))
+SCALED = (("ingest", "Gateway"),)
 """The deployments the replica sweep varies: (application, deployment)."""
 
 
@@ -89,7 +89,7 @@ def replica_variant(
     replicas: int | None,
     autoscaling: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Ingress and Publisher at a fixed ``replicas`` count, or (``replicas=None``) with
+    """The Gateway at a fixed ``replicas`` count, or (``replicas=None``) with
     their own ``autoscaling_config`` updated by ``autoscaling[deployment name]``."""
     out = copy.deepcopy(config)
     for app, name in SCALED:
@@ -248,7 +248,7 @@ async def lag() -> dict[str, int | None]:
 
 
 def http_stats(timeout: float = 10.0) -> dict[str, Any]:
-    """``GET /stats`` of the ingress."""
+    """``GET /stats`` of the Gateway."""
     with urllib.request.urlopen(f"{HTTP_BASE}/stats", timeout=timeout) as resp:
         return json.loads(resp.read())
 

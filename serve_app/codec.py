@@ -14,7 +14,7 @@ tweet yields the good ones plus that one as :class:`Poison`, with its reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -31,7 +31,8 @@ _CHUNK_OVERHEAD = len(_OPEN) + len(_CLOSE)
 
 @dataclass(frozen=True)
 class Chunk:
-    """One broker message: tweets of one country, encoded once for both brokers."""
+    """One broker message. ``country`` is the Kafka key of a chunk holding one country's
+    tweets, and ``""`` for a chunk of mixed countries (RabbitMQ's fanout needs no key)."""
 
     country: str
     ids: tuple[str, ...]
@@ -42,37 +43,52 @@ class ChunkTooLarge(ValueError):
     """A single tweet does not fit in ``max_chunk_bytes`` (a misconfiguration, not bad input)."""
 
 
-def encode_chunks(tweets: Sequence[Tweet], max_chunk_bytes: int) -> list[Chunk]:
-    """Group tweets by country (stable: acceptance order kept) and pack each group into
-    chunks of at most ``max_chunk_bytes``."""
-    by_country = sorted(range(len(tweets)), key=lambda i: tweets[i].country)
-    chunks: list[Chunk] = []
-    for country, indexes in groupby(by_country, key=lambda i: tweets[i].country):
-        chunks.extend(_pack(country, [tweets[i] for i in indexes], max_chunk_bytes))
-    return chunks
+class EncodedBatch:
+    """A batch of tweets serialized once; chunked per country for Kafka (whose key keeps a
+    country's order) and across countries for RabbitMQ (fewer, fuller messages)."""
+
+    def __init__(self, tweets: Sequence[Tweet], max_chunk_bytes: int) -> None:
+        self.tweets = tweets
+        self.max_chunk_bytes = max_chunk_bytes
+        self.bodies = [t.to_json() for t in tweets]
+        for tweet, body in zip(tweets, self.bodies, strict=True):
+            if _CHUNK_OVERHEAD + len(body) > max_chunk_bytes:
+                raise ChunkTooLarge(
+                    f"tweet {tweet.id} encodes to {len(body)} bytes; "
+                    f"MAX_CHUNK_BYTES={max_chunk_bytes} cannot hold it"
+                )
+
+    def chunks(self, by_country: bool) -> list[Chunk]:
+        if not by_country:
+            return list(self._pack("", range(len(self.tweets))))
+        order = sorted(range(len(self.tweets)), key=lambda i: self.tweets[i].country)
+        return [
+            chunk
+            for country, indexes in groupby(order, key=lambda i: self.tweets[i].country)
+            for chunk in self._pack(country, indexes)
+        ]
+
+    def _pack(self, key: str, indexes: Iterable[int]) -> Iterator[Chunk]:
+        ids: list[str] = []
+        bodies: list[bytes] = []
+        size = _CHUNK_OVERHEAD
+        for i in indexes:
+            body = self.bodies[i]
+            if bodies and size + 1 + len(body) > self.max_chunk_bytes:
+                yield Chunk(key, tuple(ids), _OPEN + b",".join(bodies) + _CLOSE)
+                ids, bodies, size = [], [], _CHUNK_OVERHEAD
+            size += len(body) + (1 if bodies else 0)
+            ids.append(self.tweets[i].id)
+            bodies.append(body)
+        if bodies:
+            yield Chunk(key, tuple(ids), _OPEN + b",".join(bodies) + _CLOSE)
 
 
-def _pack(country: str, tweets: list[Tweet], max_chunk_bytes: int) -> Iterator[Chunk]:
-    ids: list[str] = []
-    bodies: list[bytes] = []
-    size = _CHUNK_OVERHEAD
-    for tweet in tweets:
-        body = tweet.to_json()
-        added = len(body) + (1 if bodies else 0)
-        if _CHUNK_OVERHEAD + len(body) > max_chunk_bytes:
-            raise ChunkTooLarge(
-                f"tweet {tweet.id} encodes to {len(body)} bytes; "
-                f"MAX_CHUNK_BYTES={max_chunk_bytes} cannot hold it"
-            )
-        if bodies and size + added > max_chunk_bytes:
-            yield Chunk(country, tuple(ids), _OPEN + b",".join(bodies) + _CLOSE)
-            ids, bodies, size = [], [], _CHUNK_OVERHEAD
-            added = len(body)
-        ids.append(tweet.id)
-        bodies.append(body)
-        size += added
-    if bodies:
-        yield Chunk(country, tuple(ids), _OPEN + b",".join(bodies) + _CLOSE)
+def encode_chunks(
+    tweets: Sequence[Tweet], max_chunk_bytes: int, by_country: bool = True
+) -> list[Chunk]:
+    """One layout of :class:`EncodedBatch`, for callers that need only one."""
+    return EncodedBatch(tweets, max_chunk_bytes).chunks(by_country)
 
 
 @dataclass(frozen=True)

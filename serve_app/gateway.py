@@ -31,20 +31,22 @@ from serve_app.rest import build_rest_app
 from serve_app.schema import Tweet, count_tweets
 from serve_app.settings import Settings
 from serve_app.store import both_stores, read_side_by_side
+from serve_app.writers import KafkaChunkWriter, RabbitChunkWriter
 
 
 class BatchConfig(BaseModel):
     """The Gateway's ``user_config``: how ``serve.batch`` coalesces concurrent requests."""
 
     max_batch_tweets: int = Field(default=1000, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
 
 
 class HandleWriter:
     """A writer deployment seen through its handle, as :class:`serve_app.ingest.Writer`."""
 
-    def __init__(self, broker: str, handle: DeploymentHandle) -> None:
+    def __init__(self, broker: str, by_country: bool, handle: DeploymentHandle) -> None:
         self.broker = broker
+        self.by_country = by_country
         self._handle = handle
 
     async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int:
@@ -72,7 +74,10 @@ class Gateway:
         self, kafka_writer: DeploymentHandle, rabbit_writer: DeploymentHandle, config: Settings
     ) -> None:
         self.ingest = Ingest(
-            [HandleWriter("kafka", kafka_writer), HandleWriter("rabbitmq", rabbit_writer)],
+            [
+                HandleWriter(KafkaChunkWriter.broker, KafkaChunkWriter.by_country, kafka_writer),
+                HandleWriter(RabbitChunkWriter.broker, RabbitChunkWriter.by_country, rabbit_writer),
+            ],
             config.tweet_rules,
             limits_from(config),
             max_chunk_bytes=config.max_chunk_bytes,
@@ -116,7 +121,7 @@ class Gateway:
     @serve.batch(
         max_batch_size=1000,
         batch_wait_timeout_s=0.002,
-        max_concurrent_batches=16,
+        max_concurrent_batches=4,
         batch_size_fn=count_tweets,
     )
     async def _coalesced(self, batches: list[list[Tweet]]) -> list[None]:

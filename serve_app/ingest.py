@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from serve_app.codec import Chunk, encode_chunks
+from serve_app.codec import Chunk, EncodedBatch
 from serve_app.schema import Tweet, TweetIn, TweetRules, validate_tweets
 
 
 class Writer(Protocol):
-    """One broker's writer: returns only once the broker confirmed every chunk."""
+    """One broker's writer: returns only once the broker confirmed every chunk.
+    ``by_country``: whether it wants chunks of one country each (Kafka's keyed order)."""
 
     broker: str
+    by_country: bool
 
     async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int: ...
 
@@ -128,10 +130,11 @@ class Ingest:
 
     async def publish(self, tweets: Sequence[Tweet]) -> None:
         """Encode once, write to every broker at the same time, within one deadline."""
-        chunks = encode_chunks(tweets, self.max_chunk_bytes)
+        encoded = EncodedBatch(tweets, self.max_chunk_bytes)
         timeout_s = self.publish_timeout_s
         results = await asyncio.gather(
-            *(self._write(w, chunks, timeout_s) for w in self.writers), return_exceptions=True
+            *(self._write(w, encoded.chunks(w.by_country), timeout_s) for w in self.writers),
+            return_exceptions=True,
         )
         failures = {
             w.broker: describe(r)

@@ -27,6 +27,7 @@ class _Writer:
     """Lazy, self-healing connection and a deadline on every broker round trip."""
 
     broker = ""
+    by_country = False
 
     def __init__(self, config: Settings) -> None:
         self.settings = config
@@ -77,6 +78,7 @@ class KafkaChunkWriter(_Writer):
     """One record per chunk, keyed by country: a country's tweets stay in order."""
 
     broker = "kafka"
+    by_country = True
 
     def __init__(self, config: Settings) -> None:
         super().__init__(config)
@@ -122,7 +124,8 @@ class KafkaChunkWriter(_Writer):
 
 
 class RabbitChunkWriter(_Writer):
-    """One persistent, mandatory message per chunk to the durable exchange, each confirmed."""
+    """One persistent, mandatory message per chunk (any countries) to the durable fanout
+    exchange, each confirmed."""
 
     broker = "rabbitmq"
 
@@ -163,7 +166,7 @@ class RabbitChunkWriter(_Writer):
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         headers={"x-tweets": len(c.ids)},
                     ),
-                    routing_key=c.country,
+                    routing_key="",
                     mandatory=True,
                 )
                 for c in chunks

@@ -19,8 +19,9 @@ LIMITS = IngestLimits(max_body_bytes=65_536, max_batch_tweets=50, max_json_depth
 class FakeWriter:
     """Records every chunk it confirms; can be told to fail or to hang."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(self, broker: str, by_country: bool) -> None:
         self.broker = broker
+        self.by_country = by_country
         self.chunks: list[Chunk] = []
         self.fail: str | None = None
         self.hang = False
@@ -41,7 +42,7 @@ class FakeWriter:
 
 
 def make_ingest(timeout_s: float = 1.0) -> tuple[Ingest, FakeWriter, FakeWriter]:
-    kafka, rabbit = FakeWriter("kafka"), FakeWriter("rabbitmq")
+    kafka, rabbit = FakeWriter("kafka", by_country=True), FakeWriter("rabbitmq", by_country=False)
     ingest = Ingest(
         [kafka, rabbit], RULES, LIMITS, max_chunk_bytes=8192, publish_timeout_s=timeout_s
     )

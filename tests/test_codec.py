@@ -32,6 +32,12 @@ def test_chunks_group_by_country_in_order_and_round_trip() -> None:
         assert decoded.tweets == expected  # same tweets, acceptance order kept
 
 
+def test_mixed_chunks_keep_acceptance_order_across_countries() -> None:
+    tweets = [tweet(i, ["GT", "SV"][i % 2]) for i in range(10)]
+    [chunk] = encode_chunks(tweets, max_chunk_bytes=100_000, by_country=False)
+    assert chunk.country == "" and decode_message(chunk.body).tweets == tweets
+
+
 def test_chunks_respect_the_byte_bound() -> None:
     tweets = [tweet(i, text="ñ" * 200) for i in range(100)]
     chunks = encode_chunks(tweets, max_chunk_bytes=4096)

@@ -14,12 +14,14 @@ pytestmark = pytest.mark.offline
 SEED = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
 
 
-async def test_publish_writes_the_same_chunks_to_both_brokers() -> None:
+async def test_publish_writes_every_tweet_to_both_brokers_in_their_layout() -> None:
     ingest, kafka, rabbit = make_ingest()
     tweets = accept(ingest.validate([SEED, {**SEED, "country": "sv"}, SEED]))
     await ingest.publish(tweets)
-    assert kafka.chunks == rabbit.chunks
-    assert sorted(t.id for t in kafka.tweets()) == sorted(t.id for t in tweets)
+    assert [c.country for c in kafka.chunks] == ["GT", "SV"]  # keyed: one country each
+    assert [c.country for c in rabbit.chunks] == [""]  # fanout: one message for all
+    assert kafka.tweets() == [tweets[0], tweets[2], tweets[1]]
+    assert rabbit.tweets() == tweets
 
 
 async def test_one_broker_failing_names_it_and_still_waits_for_the_other() -> None:
