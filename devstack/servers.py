@@ -560,7 +560,12 @@ class Ray(Server):
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_ENABLE_HA_PROXY="1")
+        env.update(
+            RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
+            RAY_SERVE_ENABLE_HA_PROXY="1",
+            # gRPC messages as large as a REST body may be, not Serve's default 2 GiB
+            RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=str(settings.max_body_bytes),
+        )
         return env
 
     def _run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

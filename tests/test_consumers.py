@@ -1,7 +1,8 @@
 """The consumer stage against the real stack (Kafka, RabbitMQ, Redis, Valkey, Ray).
 
-Tweets are put straight on the brokers in the writers' wire format, so these tests
-exercise only the consumers. Counts are global: every test compares deltas.
+Tweets are put straight on the brokers in the writers' wire format (chunks, see
+serve_app/codec.py; and the version 1 one-tweet messages, which must still count), so these
+tests exercise only the consumers. Counts are global: every test compares deltas.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from counting import (
 from ray import serve
 
 from devstack.config import stack_config
+from serve_app.codec import EncodedBatch
 from serve_app.consumers import (
     NAMESPACE,
     ORIGINAL_OFFSET_HEADER,
@@ -135,8 +137,16 @@ class Brokers:
                 )
             )
 
-    async def publish(self, tweets: list[Tweet]) -> None:
-        """Both brokers, in the writers' wire format, confirmed."""
+    async def publish(self, tweets: list[Tweet], chunk_bytes: int = 16_384) -> None:
+        """Both brokers, in the writers' wire format (chunks), confirmed."""
+        encoded = EncodedBatch(tweets, chunk_bytes)
+        await asyncio.gather(
+            self.kafka_raw([(c.country.encode(), c.body) for c in encoded.chunks(True)]),
+            self.rabbit_raw([(c.ids[0], c.body) for c in encoded.chunks(False)]),
+        )
+
+    async def publish_v1(self, tweets: list[Tweet]) -> None:
+        """Both brokers, one bare tweet per message: what earlier releases published."""
         bodies = [t.to_json() for t in tweets]
         await asyncio.gather(
             self.kafka_raw([(t.country.encode(), b) for t, b in zip(tweets, bodies, strict=True)]),
@@ -269,6 +279,16 @@ async def test_killing_consumers_mid_stream_keeps_counts_exact(
     assert report["healthy"], report
 
 
+async def test_version_1_messages_already_in_a_broker_still_count(
+    consumers_app: Any, brokers: Brokers, stores: dict[str, TweetStore]
+) -> None:
+    tweets = make_tweets(300, "v1")
+    before = await snapshot(stores)
+    await brokers.publish_v1(tweets[:150])
+    await brokers.publish(tweets[150:])
+    await assert_counts_grow(stores, before, expected_delta(tweets))
+
+
 async def test_redelivered_ids_do_not_count_twice(
     consumers_app: Any, brokers: Brokers, stores: dict[str, TweetStore]
 ) -> None:
@@ -336,14 +356,23 @@ async def test_poison_goes_to_dead_letters_and_stream_flows(
     await copy.bind(dlx)
 
     good = make_tweets(400, "after-poison")
+    # A chunk holding one bad tweet among good ones: the bad one alone is dead-lettered.
+    neighbours = make_tweets(5, "poison-neighbours")
+    items = [json.loads(t.to_json()) for t in neighbours]
+    mixed = json.dumps({"v": 2, "tweets": [*items[:2], json.loads(bad_schema), *items[2:]]})
     before = await snapshot(stores)
-    sent = await brokers.kafka_raw([(b"ES", not_json), (b"ES", bad_schema)])
-    await brokers.rabbit_raw([("poison-1", not_json), ("poison-2", bad_schema)])
+    sent = await brokers.kafka_raw([(b"ES", not_json), (b"AQ", mixed.encode())])
+    await brokers.rabbit_raw([("poison-1", not_json), ("poison-2", mixed.encode())])
     await brokers.publish(good)
-    await assert_counts_grow(stores, before, expected_delta(good))
+    await assert_counts_grow(stores, before, expected_delta(good + neighbours))
 
     kafka_dead = await _dead_letters_after(dlq_offsets, marker)
-    assert sorted(r.value for r in kafka_dead) == sorted([not_json, bad_schema])
+    assert sorted(json.loads(r.value)["id"] if r.value != not_json else "" for r in kafka_dead) == [
+        "",
+        f"poison-{marker.decode()}",
+    ]
+    assert all("country" in dict(r.headers)[POISON_REASON_HEADER].decode() for r in kafka_dead
+               if r.value != not_json)  # fmt: skip
     origin = {(m.partition, m.offset) for m in sent}
     for record in kafka_dead:
         headers = dict(record.headers)
@@ -362,7 +391,10 @@ async def test_poison_goes_to_dead_letters_and_stream_flows(
         elif marker in message.body:
             rabbit_dead.append(message)
     await channel.close()
-    assert sorted(m.body for m in rabbit_dead) == sorted([not_json, bad_schema])
+    assert sorted(m.body for m in rabbit_dead if m.body == not_json) == [not_json]
+    assert [json.loads(m.body) for m in rabbit_dead if m.body != not_json] == [
+        json.loads(bad_schema)
+    ]
     for message in rabbit_dead:
         assert message.headers.get(POISON_REASON_HEADER), message.headers
 

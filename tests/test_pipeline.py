@@ -233,6 +233,20 @@ async def test_grpc_invalid_argument_publishes_nothing(tap) -> None:
     assert await tap.kafka_moved() == 0 and await tap.rabbit_depth() == 0
 
 
+def test_grpc_message_over_the_body_limit_is_refused(tap) -> None:
+    """The gRPC proxy takes no message larger than a REST body may be (not Serve's 2 GiB):
+    a valid batch of 1,000 tweets of 280 four-byte characters is over 1 MiB."""
+    rain = "🌧" * 280
+    tweets = [weather_pb2.Tweet(description=rain, country="GT", weather="Soleado")] * 1000
+    batch = weather_pb2.TweetBatch(tweets=tweets)
+    assert batch.ByteSize() > settings.max_body_bytes
+    channel, stub = _grpc_stub()
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        stub.PublishBatch(batch, metadata=GRPC_METADATA, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+    assert await tap.kafka_moved() == 0
+
+
 BAD_REQUESTS = [
     ("malformed", b'{"description": ', "application/json", 400, "malformed JSON"),
     ("not json", b"description=x", "text/plain", 415, "application/json"),
