@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-apt cluster-test
+.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-apt cluster-build cluster-test cluster-down
 
 help:
 	@echo "make install | up | down | status | redeploy | test | lint | generate | load | bench"
@@ -45,8 +45,9 @@ jars: $(STAMP)
 	$(DEVSTACK) fetch
 
 # --- stack ---------------------------------------------------------------------------
+# NODES=3: a head and two worker Ray nodes on this machine (after `make down`).
 up: install
-	$(DEVSTACK) up
+	$(if $(NODES),DEVSTACK_RAY_NODES=$(NODES)) $(DEVSTACK) up
 	@$(DEVSTACK) endpoints
 
 down:
@@ -61,7 +62,7 @@ redeploy: install
 	$(DEVSTACK) redeploy
 
 # --- checks --------------------------------------------------------------------------
-test: up cluster-apt
+test: up cluster-apt cluster-build
 	$(VENV)/bin/pytest -q
 
 # Kubernetes fidelity: a loopback control plane (etcd, kube-apiserver, controller-manager,
@@ -71,8 +72,15 @@ test: up cluster-apt
 cluster-apt:
 	@devstack/cluster/install-etcd.sh
 
-cluster-test: cluster-apt venv
+cluster-build: venv
+	$(PY) -m devstack.cluster build
+
+cluster-test: cluster-apt cluster-build
 	$(VENV)/bin/pytest -q -m cluster tests/test_cluster.py
+
+# Stops, by pid, a cluster left by `python -m devstack.cluster up` or a killed test run.
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack.cluster down; fi
 
 # --- generated files (committed; tests fail when they drift) --------------------------
 generate: venv

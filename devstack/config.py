@@ -31,6 +31,12 @@ class StackConfig(BaseSettings):
     ray_gcs_port: int = 6385  # 6379 is Redis
     ray_dashboard_port: int = 8265
     ray_num_cpus: int = Field(default=4, ge=1)
+    # `make up NODES=3`: a head plus two worker nodes on this machine (the head then takes
+    # no replicas, as in Kubernetes); each worker node has these logical CPUs.
+    ray_nodes: int = Field(default=1, ge=1)
+    ray_worker_num_cpus: int = Field(default=4, ge=1)
+    ray_worker_node_manager_port: int = 6390  # worker i: this + i (identifies its raylet)
+    ray_worker_agent_port: int = 52365  # dashboard agent of worker i: this + i (head: this)
     serve_http_port: int = 8000  # as in serve_config.yaml
     serve_grpc_port: int = 9000
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from devstack import procs
 from devstack.config import LOCALHOST, stack_config
 from serve_app.settings import settings
@@ -530,8 +532,9 @@ class Ray(Server):
     deploy_timeout = 180.0
     serve_config = REPO / "serve_config.yaml"
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: int | None = None) -> None:
         super().__init__()
+        self.nodes = nodes or stack_config.ray_nodes
         self.haproxy_pidfile = procs.PidFile(self.dir / "haproxy.pid")
         self.haproxy_cfgfile = self.dir / "haproxy.cfgpath"
 
@@ -592,7 +595,8 @@ class Ray(Server):
             "--include-dashboard=true",
             f"--dashboard-host={LOCALHOST}",
             f"--dashboard-port={stack_config.ray_dashboard_port}",
-            f"--num-cpus={stack_config.ray_num_cpus}",
+            # several nodes: the head runs the controller and proxy only, as in Kubernetes
+            f"--num-cpus={stack_config.ray_num_cpus if self.nodes == 1 else 0}",
             "--disable-usage-stats",
         ]  # fmt: skip
         result = self._run(cmd, timeout=self.start_timeout)
@@ -600,7 +604,43 @@ class Ray(Server):
         if result.returncode != 0 or not gcs or gcs < 0:
             raise StackError(self.failure(f"`ray start` failed (exit {result.returncode})"))
         self.pidfile.write(gcs)
+        for index in range(1, self.nodes):
+            self.start_worker(index)
         return True
+
+    def start_worker(self, index: int) -> int:
+        """`ray start` one more node on this machine, joined to the head; its raylet's pid."""
+        node_manager_port = stack_config.ray_worker_node_manager_port + index
+        cmd = [
+            venv_bin("ray"), "start",
+            f"--address={LOCALHOST}:{stack_config.ray_gcs_port}",
+            f"--node-ip-address={LOCALHOST}",
+            f"--num-cpus={stack_config.ray_worker_num_cpus}",
+            f"--node-manager-port={node_manager_port}",
+            f"--dashboard-agent-listen-port={stack_config.ray_worker_agent_port + index}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        result = self._run(cmd, timeout=self.start_timeout)
+        raylet = procs.port_owner(node_manager_port)
+        if result.returncode != 0 or not raylet or raylet < 0:
+            raise StackError(self.failure(f"worker node {index} did not start"))
+        procs.PidFile(self.dir / f"worker-{index}.pid").write(raylet)
+        return raylet
+
+    def worker_raylet(self, index: int) -> int | None:
+        """The raylet of worker node ``index`` while it runs (what a node failure kills)."""
+        return procs.PidFile(self.dir / f"worker-{index}.pid").live_pid()
+
+    def deployed_config(self) -> Path:
+        """serve_config.yaml itself; with several nodes on one machine a copy whose proxies
+        run on the head only (every node's proxy would want the same ports)."""
+        if self.nodes == 1:
+            return self.serve_config
+        config = yaml.safe_load(self.serve_config.read_text())
+        config["proxy_location"] = "HeadOnly"
+        derived = self.dir / "serve_config.multinode.yaml"
+        derived.write_text(yaml.safe_dump(config, sort_keys=False))
+        return derived
 
     def probe_port(self) -> int:
         return stack_config.ray_dashboard_port
@@ -622,8 +662,9 @@ class Ray(Server):
         apps = self.applications()
         return bool(apps) and all(a.get("status") == "RUNNING" for a in apps.values())
 
-    def deploy(self) -> None:
-        """`serve deploy` the one config and wait until every application is RUNNING."""
+    def deploy(self, config: Path | None = None) -> None:
+        """`serve deploy` the one config (or a variant of it) and wait until every
+        application is RUNNING."""
         check = subprocess.run(
             [sys.executable, "-c", "import serve_app.app"],
             cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -634,7 +675,8 @@ class Ray(Server):
                 + "\n".join(check.stderr.strip().splitlines()[-15:])
             )
         result = self._run(
-            [venv_bin("serve"), "deploy", str(self.serve_config), "-a", self.dashboard],
+            [venv_bin("serve"), "deploy", str(config or self.deployed_config()), "-a",
+             self.dashboard],  # fmt: skip
             timeout=120,
         )
         if result.returncode != 0:
@@ -723,6 +765,8 @@ class Ray(Server):
         if haproxy:
             procs.terminate(haproxy, timeout=10, group=False)
         self.pidfile.remove()
+        for worker in self.dir.glob("worker-*.pid"):
+            worker.unlink()
         self.haproxy_pidfile.remove()
         self.haproxy_cfgfile.unlink(missing_ok=True)
         self.wait_ports_free()

@@ -35,6 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.codec import Poison, decode_message
+from serve_app.metrics import CONSUMER_TWEETS, MetricsSink
+from serve_app.ray_metrics import ray_metrics
 from serve_app.settings import Settings, get_settings
 from serve_app.store import CountedTweet, TweetStore, connect_redis, connect_valkey
 from serve_app.topology import POISON_REASON_HEADER, declare_rabbit_topology, ensure_kafka_topics
@@ -126,6 +128,7 @@ class _ConsumerLoop:
     def __init__(self, name: str, settings: Settings | None = None) -> None:
         self.name = name
         self.settings = settings or get_settings()
+        self.metrics: MetricsSink = ray_metrics()
         self.started_at = time.time()
         self.batches = 0
         self.messages = 0
@@ -181,6 +184,7 @@ class _ConsumerLoop:
             "last_batch_at": self.last_batch_at,
             "started_at": self.started_at,
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     async def _supervised(self) -> None:
@@ -223,6 +227,16 @@ class _ConsumerLoop:
                 continue
             self.retrying = False
             return result
+
+    def _export(self, tweets: int, new: int, poison: int) -> None:
+        """What a batch did to the store, once its write succeeded (before the commit/ack:
+        a redelivery after a failed commit shows up as duplicates)."""
+        for outcome, value in (
+            ("applied", new),
+            ("duplicate", tweets - new),
+            ("dead_lettered", poison),
+        ):
+            self.metrics.inc(CONSUMER_TWEETS, value, consumer=self.kind, outcome=outcome)
 
     def _count(self, batch_size: int, new: int, poison: int) -> None:
         self.batches += 1
@@ -334,6 +348,7 @@ class KafkaConsumer(_ConsumerLoop):
                 self._error(exc, "store/dead-letter write failed; retrying the same batch")
                 await keep_membership()
                 await backoff.sleep()
+        self._export(len(tweets), new, len(poison))
         if self.retrying:
             self.retrying = False
             consumer.resume(*consumer.paused())
@@ -469,6 +484,7 @@ class RabbitConsumer(_ConsumerLoop):
             return True
 
         await self._until_done(attempt, backoff, "store/dead-letter write")
+        self._export(len(tweets), new, len(poison))
         if await self._ack(batch):
             self._count(len(batch), new, len(poison))
 
