@@ -632,13 +632,15 @@ class Ray(Server):
         return procs.PidFile(self.dir / f"worker-{index}.pid").live_pid()
 
     def deployed_config(self) -> Path:
-        """serve_config.yaml itself; with several nodes on one machine a copy whose proxies
-        run on the head only (every node's proxy would want the same ports)."""
-        if self.nodes == 1:
-            return self.serve_config
+        """serve_config.yaml as the local stack deploys it: Serve's HTTP and gRPC listen on
+        127.0.0.1 (the file says 0.0.0.0, which a cluster needs), and with several nodes on
+        one machine the proxies run on the head only (every node's would want the same
+        ports). Everything else is the file itself."""
         config = yaml.safe_load(self.serve_config.read_text())
-        config["proxy_location"] = "HeadOnly"
-        derived = self.dir / "serve_config.multinode.yaml"
+        config["http_options"]["host"] = LOCALHOST
+        if self.nodes > 1:
+            config["proxy_location"] = "HeadOnly"
+        derived = self.dir / "serve_config.local.yaml"
         derived.write_text(yaml.safe_dump(config, sort_keys=False))
         return derived
 

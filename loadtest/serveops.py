@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
+from devstack import stack
 from devstack.config import stack_config
 from serve_app.settings import settings
 from serve_app.store import KEYS, connect_redis, connect_valkey
 
 REPO = Path(__file__).resolve().parent.parent
-SERVE_CONFIG = REPO / "serve_config.yaml"
 VENV_BIN = REPO / ".venv" / "bin"
 HTTP_BASE = stack_config.serve_http_url
 GRPC_TARGET = stack_config.serve_grpc_target
@@ -46,7 +46,8 @@ def venv_bin(tool: str) -> str:
 
 # --- config variants -------------------------------------------------------------------
 def base_config() -> dict[str, Any]:
-    return yaml.safe_load(SERVE_CONFIG.read_text())
+    """serve_config.yaml as the local stack deploys it (see devstack's Ray.deployed_config)."""
+    return yaml.safe_load(stack.get("ray").deployed_config().read_text())
 
 
 def with_noop(config: dict[str, Any]) -> dict[str, Any]:
