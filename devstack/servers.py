@@ -677,8 +677,13 @@ class Ray(Server):
                 + "\n".join(check.stderr.strip().splitlines()[-15:])
             )
         result = self._run(
-            [venv_bin("serve"), "deploy", str(config or self.deployed_config()), "-a",
-             self.dashboard],  # fmt: skip
+            [
+                venv_bin("serve"),
+                "deploy",
+                str(config or self.deployed_config()),
+                "-a",
+                self.dashboard,
+            ],  # fmt: skip
             timeout=120,
         )
         if result.returncode != 0:

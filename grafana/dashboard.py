@@ -10,7 +10,8 @@ not define.
 
 Panels: total tweets in Redis (fed by Kafka) and Valkey (fed by RabbitMQ) side by side; per
 store tweets by country, by weather, country x weather, the latest tweets, memory and ops/s;
-from Prometheus, requests/s and healthy replicas per Serve deployment.
+from Prometheus, requests/s and healthy replicas per Serve deployment, and the pipeline's own
+metrics (``serve_app.metrics``: accepted, refused, published, consumed, backlog).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
 from codegen import write_or_check
+from serve_app import metrics
+from serve_app.metrics import Metric
 from serve_app.store import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,6 +238,46 @@ def _prom_series(
     )
 
 
+def _legend(tags: tuple[str, ...]) -> str:
+    return " ".join(f"{{{{{tag}}}}}" for tag in tags)
+
+
+def _rate_panel(title: str, metric: Metric, by: tuple[str, ...], unit: str) -> timeseries.Panel:
+    """Per-second rate of one of our counters, summed over replicas/actors by ``by``."""
+    expr = f"sum by ({', '.join(by)}) (rate({metric.prometheus}[1m]))"
+    return _prom_series(
+        title, f"{metric.prometheus}: {metric.description}", expr, _legend(by), unit
+    )
+
+
+def _gauge_panel(title: str, metric: Metric, by: tuple[str, ...]) -> timeseries.Panel:
+    """One of our gauges; ``max`` since a second Dashboard replica may briefly overlap."""
+    expr = f"max by ({', '.join(by)}) ({metric.prometheus})"
+    return _prom_series(
+        title, f"{metric.prometheus}: {metric.description}", expr, _legend(by), "short"
+    )
+
+
+def _pipeline_panels() -> list[timeseries.Panel]:
+    """The application metrics of serve_app.metrics, one panel each."""
+    return [
+        _rate_panel("Accepted tweets/s by face", metrics.ACCEPTED, ("face",), "cps"),
+        _rate_panel("Refused requests/s by status", metrics.REJECTED, ("face", "code"), "reqps"),
+        _rate_panel(
+            "503 / UNAVAILABLE per broker", metrics.UNAVAILABLE, ("face", "broker"), "reqps"
+        ),
+        _rate_panel("Published chunks/s per broker", metrics.CHUNKS_PUBLISHED, ("broker",), "cps"),
+        _rate_panel(
+            "Consumer tweets/s: applied, duplicate, dead-lettered",
+            metrics.CONSUMER_TWEETS,
+            ("consumer", "outcome"),
+            "cps",
+        ),
+        _gauge_panel("Consumer backlog (Kafka lag, RabbitMQ ready)", metrics.BACKLOG, ("broker",)),
+        _gauge_panel("Dead letters per broker", metrics.DEAD_LETTERS, ("broker",)),
+    ]
+
+
 def build() -> dash.Dashboard:
     board = (
         dash.Dashboard("Weather pipeline")
@@ -301,6 +344,9 @@ def build() -> dash.Dashboard:
             "reqps",
         )
     )
+    board.with_row(dash.Row("Pipeline metrics (serve_app.metrics, Prometheus)"))
+    for panel in _pipeline_panels():
+        board.with_panel(panel)
     return board
 
 

@@ -31,6 +31,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serve_app.metrics import BACKLOG, DEAD_LETTERS, NO_METRICS, MetricsSink
 from serve_app.monitor import Monitor, failed
 from serve_app.settings import Settings
 from serve_app.store import TweetStore, connect_redis, connect_valkey
@@ -135,6 +136,7 @@ class DashboardCore:
         interval_s: float = SAMPLE_INTERVAL_S,
         history_s: float = HISTORY_S,
         timeout_s: float = READ_TIMEOUT_S,
+        metrics: MetricsSink = NO_METRICS,
     ) -> None:
         self.stores = stores
         self.monitor = monitor
@@ -143,6 +145,7 @@ class DashboardCore:
         self.clock = clock
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.metrics = metrics
         self.history: deque[Point] = deque(maxlen=max(2, round(history_s / interval_s)))
         self.sequence = 0
         self._snapshot: dict[str, Any] = self._build(None, {}, {}, {}, None)
@@ -162,12 +165,24 @@ class DashboardCore:
         self.history.append(self._point(at, stats))
         if monitor is None:
             monitor = {"error": monitor_error}
+        else:
+            self._export_backlog(monitor)
         replica_view = {"deployments": replicas or {}, "error": replicas_error}
         self._snapshot = self._build(at, stats, monitor, replica_view, monitor_error)
         async with self._sampled:
             self.sequence += 1
             self._sampled.notify_all()
         return self._snapshot
+
+    def _export_backlog(self, monitor: Mapping[str, Any]) -> None:
+        """The brokers' backlog as gauges (this sample reads them anyway); an unknown
+        reading (broker down) leaves the last value."""
+        readings = {"kafka": ("lag", "dead_letters"), "rabbitmq": ("depth", "dead_letters")}
+        for broker, (backlog, dead) in readings.items():
+            reading = monitor.get(broker, {})
+            for metric, field in ((BACKLOG, backlog), (DEAD_LETTERS, dead)):
+                if reading.get(field) is not None:
+                    self.metrics.set(metric, reading[field], broker=broker)
 
     def snapshot(self) -> dict[str, Any]:
         """The latest snapshot (a skeleton with no numbers before the first sample)."""
@@ -319,8 +334,11 @@ def build_dashboard_app(
     )
 
 
-def build_core_from_settings(settings: Settings, replicas: ReplicaCounts) -> DashboardCore:
+def build_core_from_settings(
+    settings: Settings, replicas: ReplicaCounts, metrics: MetricsSink = NO_METRICS
+) -> DashboardCore:
     """The production wiring: both stores' clients, shared with (and closed by) the monitor."""
     clients = {"redis": connect_redis(settings), "valkey": connect_valkey(settings)}
     stores = {name: TweetStore(client, settings) for name, client in clients.items()}
-    return DashboardCore(stores, Monitor(settings, clients), replicas, weathers=settings.weathers)
+    monitor = Monitor(settings, clients)
+    return DashboardCore(stores, monitor, replicas, weathers=settings.weathers, metrics=metrics)

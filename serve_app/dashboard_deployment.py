@@ -15,6 +15,7 @@ from ray.serve.schema import ServeStatus
 from starlette.applications import Starlette
 
 from serve_app.dashboard import DashboardCore, build_core_from_settings, build_dashboard_app
+from serve_app.ray_metrics import ray_metrics
 from serve_app.settings import Settings
 
 
@@ -55,7 +56,9 @@ class Dashboard:
     """One replica: it samples once per second and serves every open page from that sample."""
 
     def __init__(self, settings: Settings) -> None:
-        self.core: DashboardCore = build_core_from_settings(settings, ServeReplicaCounts())
+        self.core: DashboardCore = build_core_from_settings(
+            settings, ServeReplicaCounts(), ray_metrics()
+        )
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_dashboard_app(self.core)

@@ -27,6 +27,7 @@ from serve_app.docs import docs_routes
 from serve_app.grpc_api import PublisherService
 from serve_app.ingest import Ingest, IngestLimits, PublishFailed
 from serve_app.pb.weather.v1 import weather_pb2
+from serve_app.ray_metrics import ray_metrics
 from serve_app.rest import build_rest_app
 from serve_app.schema import Tweet, count_tweets
 from serve_app.settings import Settings
@@ -82,6 +83,7 @@ class Gateway:
             limits_from(config),
             max_chunk_bytes=config.max_chunk_bytes,
             publish_timeout_s=config.publish_timeout_s,
+            metrics=ray_metrics(),
         )
         self._stores = both_stores(config)
         self._grpc = PublisherService(self.ingest, self.publish)

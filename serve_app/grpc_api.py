@@ -57,6 +57,12 @@ class PublisherService:
     def __init__(self, ingest: Ingest, publish: Publish) -> None:
         self.ingest = ingest
         self.publish = publish
+        self.counted = ingest.face_metrics("grpc")
+
+    def _invalid(self, context: GrpcContext, details: str) -> None:
+        context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        context.set_details(bounded(details))
+        self.counted.rejected(grpc.StatusCode.INVALID_ARGUMENT.name)
 
     async def Publish(  # noqa: N802 - gRPC method name
         self, request: weather_pb2.Tweet, context: GrpcContext
@@ -69,9 +75,8 @@ class PublisherService:
     ) -> weather_pb2.PublishBatchResponse:
         limit = self.ingest.limits.max_batch_tweets
         if not 1 <= len(request.tweets) <= limit:
-            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_details(
-                f"tweets: a batch holds 1 to {limit} tweets, got {len(request.tweets)}"
+            self._invalid(
+                context, f"tweets: a batch holds 1 to {limit} tweets, got {len(request.tweets)}"
             )
             return weather_pb2.PublishBatchResponse()
         ids = await self._take([tweet_fields(t) for t in request.tweets], context, batch=True)
@@ -81,8 +86,7 @@ class PublisherService:
         try:
             tweets = self.ingest.validate(items, index_errors=batch)
         except TweetValidationError as exc:
-            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_details(bounded(f"invalid tweet: {exc}"))
+            self._invalid(context, f"invalid tweet: {exc}")
             return []
         prefix = request_id_prefix()
         accepted: list[Tweet] = accept(tweets, prefix)
@@ -90,6 +94,7 @@ class PublisherService:
             await self.publish(accepted)
         except Exception as exc:  # PublishFailed, a dead writer, a deadline: all retryable
             reason = str(exc) if isinstance(exc, PublishFailed) else describe(exc)
+            self.counted.unavailable(grpc.StatusCode.UNAVAILABLE.name, exc)
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_trailing_metadata([(ID_PREFIX_METADATA, prefix)])
             context.set_details(
@@ -99,4 +104,5 @@ class PublisherService:
                 )
             )
             return []
+        self.counted.accepted(len(accepted))
         return [t.id for t in accepted]

@@ -20,6 +20,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from serve_app.codec import Chunk, EncodedBatch
+from serve_app.metrics import (
+    ACCEPTED,
+    CHUNKS_PUBLISHED,
+    NO_METRICS,
+    REJECTED,
+    UNAVAILABLE,
+    UNKNOWN_BROKER,
+    MetricsSink,
+)
 from serve_app.schema import Tweet, TweetIn, TweetRules, validate_tweets
 
 
@@ -97,6 +106,27 @@ def accept(
     ]
 
 
+class FaceMetrics:
+    """What a face (``rest`` or ``grpc``) counts: accepted tweets, refusals, 503s per broker."""
+
+    def __init__(self, sink: MetricsSink, face: str) -> None:
+        self.sink = sink
+        self.face = face
+
+    def accepted(self, tweets: int) -> None:
+        self.sink.inc(ACCEPTED, tweets, face=self.face)
+
+    def rejected(self, code: str) -> None:
+        self.sink.inc(REJECTED, face=self.face, code=code)
+
+    def unavailable(self, code: str, exc: BaseException) -> None:
+        """A 503 / UNAVAILABLE: counted once as a refusal and once per broker it names."""
+        self.rejected(code)
+        brokers = exc.reasons if isinstance(exc, PublishFailed) else (UNKNOWN_BROKER,)
+        for broker in brokers:
+            self.sink.inc(UNAVAILABLE, face=self.face, broker=broker)
+
+
 @dataclass(frozen=True)
 class IngestLimits:
     """Request limits both faces enforce (documented in the README and the OpenAPI)."""
@@ -117,12 +147,17 @@ class Ingest:
         limits: IngestLimits,
         max_chunk_bytes: int,
         publish_timeout_s: float,
+        metrics: MetricsSink = NO_METRICS,
     ) -> None:
         self.writers = tuple(writers)
         self.rules = rules
         self.limits = limits
         self.max_chunk_bytes = max_chunk_bytes
         self.publish_timeout_s = publish_timeout_s
+        self.metrics = metrics
+
+    def face_metrics(self, face: str) -> FaceMetrics:
+        return FaceMetrics(self.metrics, face)
 
     def validate(self, items: list[Any], *, index_errors: bool = True) -> list[TweetIn]:
         """All-or-nothing: raises TweetValidationError naming every bad field."""
@@ -144,10 +179,11 @@ class Ingest:
         if failures:
             raise PublishFailed(failures)
 
-    @staticmethod
-    async def _write(writer: Writer, chunks: list[Chunk], timeout_s: float) -> int:
+    async def _write(self, writer: Writer, chunks: list[Chunk], timeout_s: float) -> int:
         async with asyncio.timeout(timeout_s):
-            return await writer.write(chunks, timeout_s)
+            confirmed = await writer.write(chunks, timeout_s)
+        self.metrics.inc(CHUNKS_PUBLISHED, confirmed, broker=writer.broker)
+        return confirmed
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Each broker: a real round trip, bounded by the publish timeout."""

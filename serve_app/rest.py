@@ -149,11 +149,28 @@ def parse_tweets(
             )
         items, is_batch = document, True
     else:
-        raise HTTPError(422, "expected a tweet object or an array of tweets")
+        kind = type(document).__name__ if document is not None else "null"
+        raise HTTPError(
+            422, f"expected a tweet object or an array of tweets as the JSON body, got {kind}"
+        )
     try:
         return ingest.validate(items, index_errors=is_batch), is_batch
     except TweetValidationError as exc:
-        raise HTTPError(422, "invalid tweet", details=exc.errors) from None
+        raise HTTPError(422, summarize(exc.errors), details=exc.errors) from None
+
+
+def summarize(errors: Sequence[dict[str, Any]], shown: int = 3) -> str:
+    """The ``error`` of a 422: where the first problems are (field, and index in a batch)."""
+    parts = [f"{_where(e['loc'])}: {e['msg']}" for e in errors[:shown]]
+    more = f" (and {len(errors) - shown} more, see details)" if len(errors) > shown else ""
+    return f"invalid tweet: {'; '.join(parts)}{more}"
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """``weather``, ``tweets[1].weather``, or ``tweets[1]`` when the item itself is wrong."""
+    index = [f"tweets[{part}]" for part in loc if isinstance(part, int)]
+    fields = [str(part) for part in loc if not isinstance(part, int)]
+    return ".".join(index + fields) or "tweet"
 
 
 def unavailable(message: str, ids: Sequence[str], limits: IngestLimits, **details: Any) -> Response:
@@ -171,8 +188,16 @@ def build_rest_app(
     """The REST face. ``publish`` owns the deadline (the Gateway's coalesced write);
     ``read_stats(latest)`` returns both stores' counts and whether all answered."""
     limits = ingest.limits
+    counted = ingest.face_metrics("rest")
 
     async def post_input(request: Request) -> Response:
+        try:
+            return await take_input(request)
+        except HTTPError as exc:
+            counted.rejected(str(exc.status))
+            raise
+
+    async def take_input(request: Request) -> Response:
         check_content_type(request.headers.get("content-type"))
         body = await read_body(request, limits.max_body_bytes)
         tweets, is_batch = parse_tweets(body, request.headers.get("idempotency-key"), ingest)
@@ -181,10 +206,13 @@ def build_rest_app(
         try:
             await publish(accepted)
         except PublishFailed as exc:
+            counted.unavailable("503", exc)
             return unavailable(str(exc), ids, limits, brokers=exc.reasons)
         except Exception as exc:  # a dead writer, a bug: still ours, still retryable
             log.warning("publish failed: %s", describe(exc), exc_info=exc)
+            counted.unavailable("503", exc)
             return unavailable(f"publish failed ({describe(exc)})", ids, limits)
+        counted.accepted(len(ids))
         if is_batch:
             return JSONResponse({"accepted": len(ids), "ids": ids}, status_code=202)
         return JSONResponse({"accepted": 1, "id": ids[0]}, status_code=202)

@@ -1,5 +1,6 @@
 """Offline checks of Grafana as code: the generated dashboards are up to date, every Redis
-command reads a key of serve_app.store.KEYS, and every data source / metric they use exists."""
+command reads a key of serve_app.store.KEYS, every data source / metric they use exists, and
+every application metric of serve_app.metrics has a panel querying it by its own tags."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from grafana import dashboard, ray_dashboards  # noqa: E402
+from serve_app import metrics  # noqa: E402
 from serve_app.store import KEYS  # noqa: E402
 
 pytestmark = pytest.mark.offline
@@ -158,6 +160,20 @@ def test_prometheus_queries_use_ray_serve_metrics(board):
             assert base in known, f"{metric}: Ray {dashboard.__name__} has no such Serve metric"
             used.add(base)
     assert {"serve_deployment_request_counter", "serve_deployment_replica_healthy"} <= used
+
+
+def test_pipeline_panels_query_the_metrics_defined_in_code(board):
+    defined = {m.prometheus: m for m in metrics.ALL}
+    used: set[str] = set()
+    for panel, target in _targets(board):
+        names = re.findall(r"\bray_weather_[a-z_]+", target.get("expr", ""))
+        for name in names:
+            assert name in defined, f"{panel['title']}: {name} is not in serve_app.metrics"
+            grouped = re.search(r"\bby \(([^)]*)\)", target["expr"])
+            labels = {g.strip() for g in grouped.group(1).split(",")} if grouped else set()
+            assert labels <= set(defined[name].tag_keys), f"{panel['title']}: {labels}"
+            used.add(name)
+    assert used == set(defined), f"metrics without a panel: {sorted(set(defined) - used)}"
 
 
 def test_dashboards_are_provisioned():

@@ -233,7 +233,7 @@ async def test_grpc_invalid_argument_publishes_nothing(tap) -> None:
     assert await tap.kafka_moved() == 0 and await tap.rabbit_depth() == 0
 
 
-def test_grpc_message_over_the_body_limit_is_refused(tap) -> None:
+async def test_grpc_message_over_the_body_limit_is_refused(tap) -> None:
     """The gRPC proxy takes no message larger than a REST body may be (not Serve's 2 GiB):
     a valid batch of 1,000 tweets of 280 four-byte characters is over 1 MiB."""
     rain = "🌧" * 280
