@@ -126,19 +126,40 @@ def _only_fields(*names: str) -> models.DataTransformerConfig:
     return _transform("filterFieldsByName", {"include": {"names": ["#time", *names]}})
 
 
-def _total(store: Store) -> stat.Panel:
+def _counter(store: Store, title: str, key: str, description: str, span: int) -> stat.Panel:
     return (
         stat.Panel()
-        .title(f"Tweets in {store.title} (from {store.source})")
-        .description(f"GET {KEYS.total}: tweets counted once each by the {store.source} consumer.")
+        .title(title)
+        .description(f"GET {key}: {description}")
         .datasource(store.ref)
-        .with_target(Redis.command(store, "get", KEYS.total))
+        .with_target(Redis.command(store, "get", key))
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("/.*/"))
         .graph_mode(common.BigValueGraphMode.NONE)
         .color_mode(common.BigValueColorMode.VALUE)
         .unit("short")
         .height(6)
-        .span(12)
+        .span(span)
+    )
+
+
+def _total(store: Store) -> stat.Panel:
+    return _counter(
+        store,
+        f"Tweets in {store.title} (from {store.source})",
+        KEYS.total,
+        f"tweets counted once each by the {store.source} consumer.",
+        9,
+    )
+
+
+def _conflicts(store: Store) -> stat.Panel:
+    return _counter(
+        store,
+        f"Id conflicts in {store.title}",
+        KEYS.conflicts,
+        "tweets refused because their id was counted before with other content "
+        "(dead-lettered with reason id-conflict).",
+        3,
     )
 
 
@@ -296,6 +317,7 @@ def build() -> dash.Dashboard:
     board.with_row(dash.Row("Totals: Redis (Kafka) vs Valkey (RabbitMQ)"))
     for store in STORES:
         board.with_panel(_total(store))
+        board.with_panel(_conflicts(store))
     for store in STORES:
         board.with_row(dash.Row(f"{store.title} (fed by {store.source})"))
         board.with_panel(_breakdown(store, "tweets by country", KEYS.by_country, 8))

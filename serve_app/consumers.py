@@ -1,18 +1,20 @@
-"""The consumer stage: long-lived Ray actors draining the brokers into the stores.
+"""Stage 3, broker adapters: long-lived Ray actors draining the brokers into the stores.
 
-* :class:`KafkaConsumer` reads the tweet topic (one consumer group) in batches and
-  records each batch in Redis; :class:`RabbitConsumer` reads the quorum queue in
-  batches and records each batch in Valkey. Both write through
-  :meth:`serve_app.store.TweetStore.record_batch` (one idempotent Lua call per batch).
-* Offsets are committed and deliveries acked only after the store write succeeded, so
-  a crash or kill redelivers and the per-id idempotency keeps the counts exact.
-* Poison (undecodable or failing the schema) goes to the dead-letter topic/exchange
-  with a reason and is then committed/acked with its batch; it never reaches the counts.
-* A store or broker outage makes the loop retry the same batch with capped exponential
-  backoff (committing/acking nothing) and resume by itself.
-* :class:`ConsumerSupervisor` is the small Serve deployment that creates the detached,
-  named actors (``kafka-consumer-N``, ``rabbit-consumer-N`` in namespace
-  :data:`NAMESPACE`), reports their health, and kills them when the app is deleted.
+The batch logic (decode, poison, the store's script, id conflicts, retries) is
+:class:`serve_app.consume.ConsumerCore`, with no Ray and no broker in it; this module only
+fetches, hands batches to it, and commits or acks once it returned:
+
+* :class:`KafkaConsumer`: one member of the consumer group on the tweet topic → Redis.
+  Offsets are committed after the batch is applied; while a step is retried it pauses its
+  partitions but keeps polling, so the group does not evict it.
+* :class:`RabbitConsumer`: a consumer on the quorum queue → Valkey; acks after the batch is
+  applied. Its dead letters go out on a connection of their own, each publish bounded by
+  ``PUBLISH_TIMEOUT_S``: under a memory or disk alarm the broker blocks publishing
+  connections, and the consuming one must keep reading acks.
+* :class:`ConsumerSupervisor`: the small Serve deployment that creates the detached, named
+  actors (``kafka-consumer-N``, ``rabbit-consumer-N`` in namespace :data:`NAMESPACE`),
+  keeps them running, and reports their health (``GET /consumers`` only reads). It adopts
+  the actors when it starts; a replaced supervisor never kills actors a newer one adopted.
 """
 
 from __future__ import annotations
@@ -23,22 +25,24 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
 import ray
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serve_app.codec import Poison, decode_message
+from serve_app.consume import Backoff, BatchOutcome, ConsumerCore, DeadLetter, Delivery
 from serve_app.metrics import CONSUMER_TWEETS, MetricsSink
 from serve_app.ray_metrics import ray_metrics
-from serve_app.settings import Settings, get_settings
-from serve_app.store import CountedTweet, TweetStore, connect_redis, connect_valkey
+from serve_app.settings import Settings
+from serve_app.store import TweetStore, connect_redis, connect_valkey
 from serve_app.topology import POISON_REASON_HEADER, declare_rabbit_topology, ensure_kafka_topics
 
 logger = logging.getLogger(__name__)
@@ -49,8 +53,7 @@ NAMESPACE = "weather"
 KAFKA_ACTOR_PREFIX = "kafka-consumer-"
 RABBIT_ACTOR_PREFIX = "rabbit-consumer-"
 
-BACKOFF_START_S = 0.1
-BACKOFF_MAX_S = 2.0
+Message = aio_pika.abc.AbstractIncomingMessage
 RABBIT_BATCH_WINDOW_S = 0.05
 """How long a RabbitMQ batch waits to fill up after its first delivery."""
 
@@ -92,32 +95,8 @@ def rabbit_actor_name(index: int) -> str:
     return f"{RABBIT_ACTOR_PREFIX}{index}"
 
 
-def _decode(body: bytes) -> tuple[list[CountedTweet], list[Poison]]:
-    """A message (a chunk, or a v1 single tweet) as the store needs it, plus its poison."""
-    decoded = decode_message(body)
-    tweets = [
-        CountedTweet(id=t.id, country=t.country, weather=t.weather, body=t.model_dump_json())
-        for t in decoded.tweets
-    ]
-    return tweets, decoded.poison
-
-
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
-
-
-class _Backoff:
-    """Capped exponential backoff: 0.1 s, 0.2 s, ... 2 s."""
-
-    def __init__(self) -> None:
-        self.delay = BACKOFF_START_S
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_START_S
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
 
 
 class _ConsumerLoop:
@@ -125,15 +104,18 @@ class _ConsumerLoop:
 
     kind = "consumer"
 
-    def __init__(self, name: str, settings: Settings | None = None) -> None:
+    def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
-        self.settings = settings or get_settings()
+        self.settings = settings
+        self.owner: str | None = None
         self.metrics: MetricsSink = ray_metrics()
         self.started_at = time.time()
         self.batches = 0
         self.messages = 0
         self.new_tweets = 0
         self.poison = 0
+        self.duplicates = 0
+        self.conflicts = 0
         self.retries = 0
         self.loop_restarts = 0
         self.retrying = False
@@ -158,6 +140,13 @@ class _ConsumerLoop:
         self._ensure_task()
         return await self.status()
 
+    def adopt(self, owner: str) -> None:
+        """The supervisor now in charge (a replaced one must not kill this actor)."""
+        self.owner = owner
+
+    def owned_by(self) -> str | None:
+        return self.owner
+
     async def stop(self) -> None:
         """Stop the loop and close the connections (uncommitted work is redelivered)."""
         self._stopping = True
@@ -176,7 +165,9 @@ class _ConsumerLoop:
             "batches": self.batches,
             "messages": self.messages,
             "new_tweets": self.new_tweets,
+            "duplicates": self.duplicates,
             "poison": self.poison,
+            "conflicts": self.conflicts,
             "retries": self.retries,
             "loop_restarts": self.loop_restarts,
             "last_error": self.last_error,
@@ -189,7 +180,7 @@ class _ConsumerLoop:
 
     async def _supervised(self) -> None:
         """Run the session forever; any escape reconnects from scratch after a backoff."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._session(backoff)
@@ -201,7 +192,7 @@ class _ConsumerLoop:
             self.connected = False
             await backoff.sleep()
 
-    async def _session(self, backoff: _Backoff) -> None:
+    async def _session(self, backoff: Backoff) -> None:
         raise NotImplementedError
 
     def _error(self, exc: BaseException, what: str) -> None:
@@ -209,40 +200,30 @@ class _ConsumerLoop:
         self.last_error_at = time.time()
         logger.warning("%s: %s: %s", self.name, what, self.last_error)
 
-    async def _until_done(
-        self, attempt: Callable[[], Awaitable[bool]], backoff: _Backoff, what: str
-    ) -> bool:
-        """Retry one batch step with backoff until it succeeds; returns its result."""
-        backoff.reset()
-        while True:
-            try:
-                result = await attempt()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.retrying = True
-                self.retries += 1
-                self._error(exc, f"{what} failed; retrying the same batch")
-                await backoff.sleep()
-                continue
-            self.retrying = False
-            return result
+    async def _retrying(self, exc: BaseException, what: str) -> None:
+        """The core retries a step of the batch: say so in the status."""
+        self.retrying = True
+        self.retries += 1
+        self._error(exc, f"{what} failed; retrying the same batch")
 
-    def _export(self, tweets: int, new: int, poison: int) -> None:
-        """What a batch did to the store, once its write succeeded (before the commit/ack:
-        a redelivery after a failed commit shows up as duplicates)."""
-        for outcome, value in (
-            ("applied", new),
-            ("duplicate", tweets - new),
-            ("dead_lettered", poison),
+    def _done(self, outcome: BatchOutcome, acknowledged: bool) -> None:
+        """Book a batch: metrics once it is applied, the status once it is committed/acked
+        (a redelivery after a failed commit shows up as duplicates)."""
+        self.retrying = False
+        for name, value in (
+            ("applied", outcome.applied),
+            ("duplicate", outcome.duplicates),
+            ("dead_lettered", outcome.dead_lettered),
         ):
-            self.metrics.inc(CONSUMER_TWEETS, value, consumer=self.kind, outcome=outcome)
-
-    def _count(self, batch_size: int, new: int, poison: int) -> None:
+            self.metrics.inc(CONSUMER_TWEETS, value, consumer=self.kind, outcome=name)
+        if not acknowledged:
+            return
         self.batches += 1
-        self.messages += batch_size
-        self.new_tweets += new
-        self.poison += poison
+        self.messages += outcome.messages
+        self.new_tweets += outcome.applied
+        self.duplicates += outcome.duplicates
+        self.poison += outcome.poison
+        self.conflicts += outcome.conflicts
         self.last_batch_at = time.time()
 
 
@@ -251,14 +232,14 @@ class KafkaConsumer(_ConsumerLoop):
 
     kind = "kafka"
 
-    async def __init__(self, name: str, settings: Settings | None = None) -> None:  # type: ignore[misc]
+    async def __init__(self, name: str, settings: Settings) -> None:  # type: ignore[misc]
         # Ray runs an async actor's async __init__ on the actor's event loop, so a
         # restarted actor starts consuming again by itself.
         super().__init__(name, settings)
         self._store = TweetStore(connect_redis(self.settings), self.settings)
         self._ensure_task()
 
-    async def _session(self, backoff: _Backoff) -> None:
+    async def _session(self, backoff: Backoff) -> None:
         s = self.settings
         await ensure_kafka_topics(s)
         consumer = AIOKafkaConsumer(
@@ -301,87 +282,61 @@ class KafkaConsumer(_ConsumerLoop):
         self,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        batches: dict[TopicPartition, list[Any]],
-        backoff: _Backoff,
+        batches: dict[TopicPartition, list[ConsumerRecord]],
+        backoff: Backoff,
     ) -> None:
-        tweets: list[CountedTweet] = []
-        poison: list[tuple[Any, Poison]] = []
-        offsets: dict[TopicPartition, int] = {}
-        size = 0
-        for tp, records in batches.items():
-            for record in records:
-                size += 1
-                good, bad = _decode(record.value or b"")
-                tweets.extend(good)
-                poison.extend((record, p) for p in bad)
-            offsets[tp] = records[-1].offset + 1
-        first = {tp: records[0].offset for tp, records in batches.items()}
-        dead_lettered = False
-        new = 0
-
-        async def attempt() -> bool:
-            nonlocal dead_lettered, new
-            if poison and not dead_lettered:
-                await self._dead_letter(producer, poison)
-                dead_lettered = True
-            new = await self._store.record_batch(tweets)
-            return True
-
-        async def keep_membership() -> None:
-            # While retrying, stop fetching but keep polling so the group does not
-            # consider this member dead; put back anything a rebalance let through.
+        async def keep_membership(exc: BaseException, what: str) -> None:
+            # While a step is retried, stop fetching but keep polling so the group does
+            # not consider this member dead; put back anything a rebalance let through.
+            await self._retrying(exc, what)
             consumer.pause(*consumer.assignment())
             stray = await consumer.getmany(timeout_ms=0)
             for tp, records in stray.items():
                 consumer.seek(tp, records[0].offset)
 
-        backoff.reset()
-        while True:
-            try:
-                await attempt()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.retrying = True
-                self.retries += 1
-                self._error(exc, "store/dead-letter write failed; retrying the same batch")
-                await keep_membership()
-                await backoff.sleep()
-        self._export(len(tweets), new, len(poison))
-        if self.retrying:
-            self.retrying = False
-            consumer.resume(*consumer.paused())
+        core = ConsumerCore(
+            self._store, KafkaDeadLetters(producer, self.settings), keep_membership, backoff
+        )
+        deliveries = [Delivery(r.value or b"", r) for records in batches.values() for r in records]
+        outcome = await core.handle(deliveries)
+        consumer.resume(*consumer.paused())
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions away (or the broker is gone): the new owner
             # re-reads from the last commit and the store ignores ids it has counted.
             self._error(exc, "commit failed; batch will be redelivered")
-            for tp, offset in first.items():
+            for tp, records in batches.items():
                 if tp in consumer.assignment():
                     with contextlib.suppress(Exception):
-                        consumer.seek(tp, offset)
+                        consumer.seek(tp, records[0].offset)
+            self._done(outcome, acknowledged=False)
             return
-        self._count(size, new, len(poison))
+        self._done(outcome, acknowledged=True)
 
-    async def _dead_letter(
-        self, producer: AIOKafkaProducer, poison: list[tuple[Any, Poison]]
-    ) -> None:
-        s = self.settings
+
+class KafkaDeadLetters:
+    """Dead letters to the dead-letter topic, each naming its reason and original record."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+        self.producer = producer
+        self.topic = settings.kafka_dead_letter_topic
+
+    async def send(self, letters: Sequence[DeadLetter[ConsumerRecord]]) -> None:
         futures = []
-        for record, bad in poison:
+        for letter in letters:
+            record = letter.origin
             headers = [
-                (POISON_REASON_HEADER, bad.reason.encode()),
+                (POISON_REASON_HEADER, letter.reason.encode()),
                 (ORIGINAL_TOPIC_HEADER, record.topic.encode()),
                 (ORIGINAL_PARTITION_HEADER, str(record.partition).encode()),
                 (ORIGINAL_OFFSET_HEADER, str(record.offset).encode()),
             ]
-            futures.append(
-                await producer.send(
-                    s.kafka_dead_letter_topic, value=bad.body, key=record.key, headers=headers
-                )
+            send = self.producer.send(
+                self.topic, value=letter.body, key=record.key, headers=headers
             )
+            futures.append(await send)
         await asyncio.gather(*futures)
 
 
@@ -390,21 +345,22 @@ class RabbitConsumer(_ConsumerLoop):
 
     kind = "rabbitmq"
 
-    async def __init__(self, name: str, settings: Settings | None = None) -> None:  # type: ignore[misc]
+    async def __init__(self, name: str, settings: Settings) -> None:  # type: ignore[misc]
         super().__init__(name, settings)
         self._store = TweetStore(connect_valkey(self.settings), self.settings)
         self._ensure_task()
 
-    async def _session(self, backoff: _Backoff) -> None:
+    async def _session(self, backoff: Backoff) -> None:
         s = self.settings
         connection = await aio_pika.connect_robust(
             s.rabbitmq_url, client_properties={"connection_name": self.name}
         )
+        dead_letters = RabbitDeadLetters(s, f"{self.name}-dead-letters")
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await connection.channel()
             await channel.set_qos(prefetch_count=s.consumer_batch_size * 2)
             _, queue = await declare_rabbit_topology(channel, s)
-            dead_letters = await channel.get_exchange(s.rabbitmq_dead_letter_exchange)
+            core = ConsumerCore(self._store, dead_letters, self._retrying, backoff)
             inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
             tag = await queue.consume(inbox.put, no_ack=False)
             self.connected = True
@@ -413,12 +369,14 @@ class RabbitConsumer(_ConsumerLoop):
                 while not self._stopping:
                     batch = await self._collect(inbox)
                     if batch:
-                        await self._handle(batch, dead_letters, backoff)
+                        outcome = await core.handle([Delivery(m.body, m) for m in batch])
+                        self._done(outcome, acknowledged=await self._ack(batch))
             finally:
                 with contextlib.suppress(Exception):
                     await queue.cancel(tag)
         finally:
             self.connected = False
+            await dead_letters.close()
             with contextlib.suppress(Exception):
                 await connection.close()
 
@@ -448,46 +406,6 @@ class RabbitConsumer(_ConsumerLoop):
                 break
         return batch
 
-    async def _handle(
-        self,
-        batch: list[aio_pika.abc.AbstractIncomingMessage],
-        dead_letters: aio_pika.abc.AbstractExchange,
-        backoff: _Backoff,
-    ) -> None:
-        tweets: list[CountedTweet] = []
-        poison: list[tuple[aio_pika.abc.AbstractIncomingMessage, Poison]] = []
-        for message in batch:
-            good, bad = _decode(message.body)
-            tweets.extend(good)
-            poison.extend((message, p) for p in bad)
-        dead_lettered = False
-        new = 0
-
-        async def attempt() -> bool:
-            nonlocal dead_lettered, new
-            if poison and not dead_lettered:
-                for message, bad in poison:
-                    headers = dict(message.headers or {})
-                    headers[POISON_REASON_HEADER] = bad.reason
-                    await dead_letters.publish(
-                        aio_pika.Message(
-                            body=bad.body,
-                            headers=headers,
-                            message_id=bad.id or message.message_id,
-                            content_type=message.content_type,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=message.routing_key or "",
-                    )
-                dead_lettered = True
-            new = await self._store.record_batch(tweets)
-            return True
-
-        await self._until_done(attempt, backoff, "store/dead-letter write")
-        self._export(len(tweets), new, len(poison))
-        if await self._ack(batch):
-            self._count(len(batch), new, len(poison))
-
     async def _ack(self, batch: list[aio_pika.abc.AbstractIncomingMessage]) -> bool:
         """Ack everything up to the last delivery of each live channel (one frame each).
 
@@ -510,6 +428,61 @@ class RabbitConsumer(_ConsumerLoop):
                 self._error(exc, "ack failed; deliveries will be redelivered")
                 acked_all = False
         return acked_all
+
+
+class RabbitDeadLetters:
+    """Dead letters on a connection of their own, every publish confirmed within
+    ``PUBLISH_TIMEOUT_S``: a memory or disk alarm blocks publishing connections, and must
+    never stall the consuming one (whose acks would then never be read)."""
+
+    def __init__(self, settings: Settings, connection_name: str) -> None:
+        self.settings = settings
+        self.connection_name = connection_name
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def _exchange_ready(self) -> aio_pika.abc.AbstractExchange:
+        if self._exchange is None:
+            connection = await aio_pika.connect_robust(
+                self.settings.rabbitmq_url,
+                timeout=self.settings.publish_timeout_s,
+                client_properties={"connection_name": self.connection_name},
+            )
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                self._exchange = await channel.get_exchange(
+                    self.settings.rabbitmq_dead_letter_exchange
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                raise
+            self._connection = connection
+        return self._exchange
+
+    async def send(self, letters: Sequence[DeadLetter[Message]]) -> None:
+        async with asyncio.timeout(self.settings.publish_timeout_s):
+            exchange = await self._exchange_ready()
+            await asyncio.gather(*(exchange.publish(self._message(x), "") for x in letters))
+
+    @staticmethod
+    def _message(letter: DeadLetter[Message]) -> aio_pika.Message:
+        origin = letter.origin
+        headers = dict(origin.headers or {})
+        headers[POISON_REASON_HEADER] = letter.reason
+        return aio_pika.Message(
+            body=letter.body,
+            headers=headers,
+            message_id=letter.id or origin.message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection, self._exchange = None, None
 
 
 # --- supervisor ---------------------------------------------------------------------
@@ -540,65 +513,73 @@ def _surplus_actor_names(wanted: set[str]) -> list[str]:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05})
 class ConsumerSupervisor:
-    """Creates the detached consumer actors and reports their health.
+    """Creates and adopts the detached consumer actors, keeps them running, reports them.
 
-    ``GET /consumers`` returns :meth:`health` as JSON (503 when an actor is not running).
-    Deleting the application kills the actors.
+    ``GET /consumers`` only reads (200, or 503 when an actor is not running). Every
+    ``CHECK_INTERVAL_S`` the supervisor starts any stopped loop and recreates any dead actor.
+    When it goes away it kills the actors only if no newer supervisor adopted them since: a
+    redeploy, health-check restart or node drain never stops consumption; deleting the
+    application does.
     """
 
     CHECK_INTERVAL_S = 5.0
     CALL_TIMEOUT_S = 10.0
 
-    async def __init__(self, settings: Settings | None = None) -> None:  # type: ignore[misc]
-        self.settings = settings or get_settings()
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]
+        self.settings = settings
+        self.id = uuid.uuid4().hex
         validate_consumer_counts(self.settings)
         self._specs = _actor_specs(self.settings)
         self._actors: dict[str, Any] = {}
-        self._last: dict[str, dict[str, Any]] = {}
         for name in _surplus_actor_names({name for name, _ in self._specs}):
             with contextlib.suppress(Exception):
                 ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         for name, cls in self._specs:
             self._actors[name] = self._create(name, cls)
-        await self.health()
+        await self.ensure_running()
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
     def _create(self, name: str, cls: type) -> Any:
-        return _remote_class(cls).options(name=name, **ACTOR_OPTIONS).remote(name, self.settings)
+        actor = _remote_class(cls).options(name=name, **ACTOR_OPTIONS).remote(name, self.settings)
+        actor.adopt.remote(self.id)
+        return actor
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.CHECK_INTERVAL_S)
             try:
-                await self.health()
+                await self.ensure_running()
             except Exception:
-                logger.exception("consumer health check failed")
+                logger.exception("consumer check failed")
 
-    async def _check(self, name: str, cls: type) -> dict[str, Any]:
+    async def _call(self, name: str, method: str) -> dict[str, Any]:
         try:
-            status = await asyncio.wait_for(
-                self._actors[name].start.remote(), timeout=self.CALL_TIMEOUT_S
+            return await asyncio.wait_for(
+                getattr(self._actors[name], method).remote(), timeout=self.CALL_TIMEOUT_S
             )
         except TimeoutError:
-            status = {"name": name, "running": False, "last_error": "health check timed out"}
-        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
-            # Killed for good (e.g. no_restart=True) or the old handle is stale:
-            # get or create it again; it starts consuming in its __init__.
-            self._actors[name] = self._create(name, cls)
-            status = {"name": name, "running": False, "last_error": f"recreated: {exc!s}"[:500]}
+            return {"name": name, "running": False, "last_error": f"{method} timed out"}
         except Exception as exc:
-            status = {"name": name, "running": False, "last_error": _reason(exc)}
-        return status
+            return {"name": name, "running": False, "last_error": _reason(exc), "dead": True}
+
+    async def ensure_running(self) -> None:
+        """(Re)start stopped loops; recreate actors that died for good (or stale handles)."""
+        for (name, cls), status in zip(
+            self._specs,
+            await asyncio.gather(*(self._call(name, "start") for name, _ in self._specs)),
+            strict=True,
+        ):
+            if status.get("dead"):
+                self._actors[name] = self._create(name, cls)
 
     async def health(self) -> dict[str, Any]:
-        """Every actor's status (running, batches, last error...); restarts stopped loops."""
-        statuses = await asyncio.gather(*(self._check(name, cls) for name, cls in self._specs))
-        self._last = {s["name"]: s for s in statuses}
+        """Every actor's status (running, batches, last error...); changes nothing."""
+        statuses = await asyncio.gather(*(self._call(name, "status") for name, _ in self._specs))
         return {
             "healthy": all(s.get("running") for s in statuses),
             "kafka_consumers": self.settings.kafka_consumers,
             "rabbit_consumers": self.settings.rabbit_consumers,
-            "actors": self._last,
+            "actors": {s["name"]: s for s in statuses},
         }
 
     def actor_names(self) -> list[str]:
@@ -608,14 +589,14 @@ class ConsumerSupervisor:
         report = await self.health()
         return JSONResponse(report, status_code=200 if report["healthy"] else 503)
 
-    def shutdown(self) -> None:
-        """Kill every consumer actor (uncommitted work is redelivered to the next ones)."""
+    async def __del__(self) -> None:
+        """Kill the actors this supervisor still owns (uncommitted work is redelivered)."""
         monitor = getattr(self, "_monitor", None)
         if monitor is not None:
             monitor.cancel()
-        for name, _ in getattr(self, "_specs", []):
+        for name, actor in getattr(self, "_actors", {}).items():
             with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-
-    def __del__(self) -> None:
-        self.shutdown()
+                owner = await asyncio.wait_for(actor.owned_by.remote(), self.CALL_TIMEOUT_S)
+                if owner == self.id:
+                    ray.kill(actor, no_restart=True)
+                    logger.info("stopped consumer %s", name)

@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     rabbitmq_queue: str = "weather-tweets"
     rabbitmq_dead_letter_exchange: str = "weather-tweets-dlx"
     rabbitmq_dead_letter_queue: str = "weather-tweets-dlq"
-    rabbitmq_delivery_limit: int = Field(default=3, ge=1)
 
     # Stores: Kafka drains into Redis, RabbitMQ into Valkey
     redis_host: str = "127.0.0.1"

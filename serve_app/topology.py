@@ -1,8 +1,9 @@
 """Broker topology shared by the writers (who create it) and the consumers (who read it).
 
 Kafka: the tweet topic (``kafka_partitions`` partitions, keyed by country) and a
-dead-letter topic. RabbitMQ: a durable fanout exchange feeding a durable quorum queue
-whose delivery limit dead-letters poison messages to a dead-letter exchange and queue.
+dead-letter topic. RabbitMQ: a durable fanout exchange feeding a durable quorum queue with
+no delivery limit, and a dead-letter exchange and queue; the consumers dead-letter poison
+explicitly, with its reason.
 """
 
 from __future__ import annotations
@@ -42,10 +43,37 @@ async def ensure_kafka_topics(settings: Settings) -> None:
         await admin.close()
 
 
+def tweet_queue_arguments(settings: Settings, server_version: str) -> dict[str, object]:
+    """A quorum queue that never dead-letters a good tweet: poison is dead-lettered by the
+    consumers, explicitly, with its reason. A delivery limit would also count the
+    redeliveries of good messages after consumer restarts (RabbitMQ 4 sets 20 by default:
+    -1 turns it off; 3.x has none unless asked)."""
+    arguments: dict[str, object] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": settings.rabbitmq_dead_letter_exchange,
+    }
+    major = server_version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 4:
+        arguments["x-delivery-limit"] = -1
+    return arguments
+
+
+async def server_version(channel: aio_pika.abc.AbstractChannel) -> str:
+    """The broker's version, as it announced itself when the connection opened."""
+    underlay = await channel.get_underlay_channel()
+    version = underlay.connection.server_properties.get("version", b"")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
 async def declare_rabbit_topology(
     channel: aio_pika.abc.AbstractChannel, settings: Settings
 ) -> tuple[aio_pika.abc.AbstractExchange, aio_pika.abc.AbstractQueue]:
-    """Declare (idempotently) exchange, quorum queue and dead-letter path; return both ends."""
+    """Declare (idempotently) exchange, quorum queue and dead-letter path; return both ends.
+
+    A tweet queue made by an earlier release (with ``x-delivery-limit: 3``) is used as it is
+    (a declaration with other arguments would be refused); README "Migrating the tweet
+    queue" says how to replace it.
+    """
     dead_letters = await channel.declare_exchange(
         settings.rabbitmq_dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
@@ -56,14 +84,20 @@ async def declare_rabbit_topology(
     exchange = await channel.declare_exchange(
         settings.rabbitmq_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    queue = await channel.declare_queue(
-        settings.rabbitmq_queue,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": settings.rabbitmq_delivery_limit,
-            "x-dead-letter-exchange": settings.rabbitmq_dead_letter_exchange,
-        },
-    )
+    queue = await _tweet_queue(channel, settings)
     await queue.bind(exchange)
     return exchange, queue
+
+
+async def _tweet_queue(
+    channel: aio_pika.abc.AbstractChannel, settings: Settings
+) -> aio_pika.abc.AbstractQueue:
+    with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
+        return await channel.declare_queue(
+            settings.rabbitmq_queue,
+            durable=True,
+            arguments=tweet_queue_arguments(settings, await server_version(channel)),
+        )
+    # the refusal closed the channel: reopen it and take the queue as it is
+    await channel.reopen()
+    return await channel.declare_queue(settings.rabbitmq_queue, passive=True)

@@ -74,7 +74,7 @@ def consumers_app(ray_cluster: None) -> Any:
     apps = serve.status().applications
     if APP_NAME not in apps or apps[APP_NAME].status != "RUNNING":
         serve.run(
-            ConsumerSupervisor.bind(),
+            ConsumerSupervisor.bind(settings),
             name=APP_NAME,
             route_prefix="/consumers",
             blocking=False,

@@ -87,13 +87,13 @@ def _writer_connections() -> int:
 
 
 async def test_failed_topology_declaration_closes_its_connection() -> None:
-    """A queue that exists with other arguments fails the declaration: every failed
-    attempt must close the connection it opened, not leak it."""
+    """A dead-letter queue that exists with other arguments fails the declaration: every
+    failed attempt must close the connection it opened, not leak it."""
     names = _private_topology()
     connection = await aio_pika.connect(settings.rabbitmq_url)
     async with connection:
         channel = await connection.channel()
-        await channel.declare_queue(names["rabbitmq_queue"], durable=True)  # classic, not quorum
+        await channel.declare_queue(names["rabbitmq_dead_letter_queue"], durable=True)  # classic
     writer = RabbitChunkWriter(settings.model_copy(update=names))
     before = _writer_connections()
     try:
@@ -115,3 +115,35 @@ async def test_kafka_writer_one_record_per_country_chunk() -> None:
         assert (await writer.health(timeout_s=10))["ok"]
     finally:
         await writer.close()
+
+
+async def test_tweet_queue_has_no_delivery_limit_that_could_drop_good_tweets() -> None:
+    """A quorum queue with no x-delivery-limit on 3.x, an explicit -1 on RabbitMQ 4+."""
+    from serve_app.topology import server_version, tweet_queue_arguments
+
+    assert "x-delivery-limit" not in tweet_queue_arguments(settings, "3.10.8")
+    assert tweet_queue_arguments(settings, "4.1.0")["x-delivery-limit"] == -1
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        assert (await server_version(channel)).split(".")[0].isdigit()
+
+
+async def test_a_tweet_queue_made_by_an_earlier_release_is_used_as_it_is() -> None:
+    """Declaring over a queue with other arguments (an earlier release's delivery limit)
+    would be refused: the writer takes it as it is and publishes."""
+    names = _private_topology()
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            names["rabbitmq_queue"],
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-delivery-limit": 3},
+        )
+    writer = RabbitChunkWriter(settings.model_copy(update=names))
+    try:
+        assert await writer.write(encode_chunks(TWEETS, settings.max_chunk_bytes), 10) == 2
+    finally:
+        await writer.close()
+        await _delete(names)
