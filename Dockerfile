@@ -11,7 +11,8 @@ FROM rayproject/ray:2.60.0-py311
 WORKDIR /home/ray/weather-pipeline
 
 # Sources only (see .dockerignore): pyproject.toml, README.md, serve_app (with serve_app/pb),
-# devstack, loadtest, proto.
+# proto. No devstack, no loadtest and no locust: `pip install .` installs the runtime
+# dependencies and packages serve_app only (load tooling is the `load` extra).
 COPY --chown=1000:100 . .
 
 # Checked from / so the installed package (not the sources) must contain the gRPC stubs.

@@ -22,7 +22,11 @@ TARGET = ROOT / "k8s" / "infra" / "secrets.env"
 PLACEHOLDER = "CHANGE-ME"
 
 # Keys whose value is a user name rather than a password.
-USER_NAMES = {"RABBITMQ_USER": "weather", "GRAFANA_ADMIN_USER": "weather-admin"}
+USER_NAMES = {
+    "RABBITMQ_USER": "weather",
+    "RABBITMQ_ADMIN_USER": "weather-admin",
+    "GRAFANA_ADMIN_USER": "weather-admin",
+}
 
 
 def example_keys() -> list[str]:

@@ -26,6 +26,8 @@ def devstack_serve(devstack_infra):
 
 @pytest.fixture(autouse=True)
 def _servers_unless_offline(request: pytest.FixtureRequest) -> None:
-    """Every test gets the real servers, except those marked ``offline``."""
-    if request.node.get_closest_marker("offline") is None:
+    """Every test gets the real servers, except those marked ``offline`` or ``cluster``
+    (the Kubernetes cluster test runs its own servers, see devstack/cluster)."""
+    marked = (request.node.get_closest_marker(m) for m in ("offline", "cluster"))
+    if not any(marked):
         request.getfixturevalue("devstack_infra")

