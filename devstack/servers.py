@@ -258,7 +258,8 @@ class Kafka(Server):
                     "default.replication.factor=1",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
-                    "log.retention.hours=24",
+                    "log.retention.hours=24",  # inside the 48 h dedup window
+                    "log.retention.bytes=1073741824",
                     "",
                 ]
             )
@@ -480,6 +481,7 @@ class _RespServer(Server):
             "appendonly yes",
             "appendfsync everysec",
             "save 3600 1 300 100 60 10000",
+            "maxmemory-policy noeviction",  # dedup markers must never be evicted
         ]
         if self.password:
             lines.append(f"requirepass {self.password}")

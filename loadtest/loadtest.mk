@@ -5,6 +5,8 @@
 #   make bench [REPEAT=3 DURATION=20 CONNECTIONS=64 BATCH=1 SCENARIOS=noop,rest,...]
 #   make bench-smoke                                    REPEAT=1, 3 s runs (CI-sized)
 #   make load-ui [LOCUST_WEB_PORT=8089 LOCUST_ARGS=]    Locust's web UI; you choose the load
+#   make chaos [CHAOS_ROUNDS=a,b CHAOS_REPEAT=2]        fault rounds under load, both stores checked
+#   make verify                                         Redis and Valkey compared key by key
 
 LOADTEST_PY ?= .venv/bin/python
 DURATION    ?= 30s
@@ -18,7 +20,7 @@ BENCH_ARGS  ?=
 LOCUST_WEB_PORT ?= 8089
 LOCUST_ARGS ?=
 
-.PHONY: load load-ui bench bench-smoke
+.PHONY: load load-ui bench bench-smoke verify chaos
 
 load: up
 	$(LOADTEST_PY) -m loadtest.load --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE)
@@ -35,3 +37,13 @@ bench: up
 
 bench-smoke: up
 	$(LOADTEST_PY) -m loadtest.bench --smoke $(BENCH_ARGS)
+
+# Redis and Valkey compared key by key (exit 1 naming each difference); waits for a drain.
+verify: venv
+	$(LOADTEST_PY) -m loadtest.verify --wait 60
+
+# Every fault round twice under a retrying load; results in loadtest/results/chaos.json.
+CHAOS_ROUNDS ?=
+CHAOS_REPEAT ?= 2
+chaos: up
+	$(LOADTEST_PY) -m loadtest.chaos --repeat $(CHAOS_REPEAT) $(if $(CHAOS_ROUNDS),--rounds $(CHAOS_ROUNDS))

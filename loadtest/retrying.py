@@ -33,7 +33,7 @@ class RetryingResult:
         self.statuses[what] = self.statuses.get(what, 0) + 1
 
 
-async def _send_until_accepted(
+async def send_until_accepted(
     client: httpx.AsyncClient, batch: list[dict[str, Any]], result: RetryingResult,
     give_up_at: float,
 ) -> None:  # fmt: skip
@@ -84,7 +84,7 @@ async def run(
 
         async def one(items: list[dict[str, Any]], give_up_at: float) -> None:
             async with slots:
-                await _send_until_accepted(client, items, result, give_up_at)
+                await send_until_accepted(client, items, result, give_up_at)
 
         started = time.monotonic()
         due = started

@@ -253,6 +253,12 @@ class Monitor:
         await asyncio.gather(self.kafka.close(), self.rabbitmq.close())
         await _close_quietly(*(probe.client.aclose() for probe in self.stores.values()))
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
 
 async def _close_quietly(*closing: Any) -> None:
     """Await each close, ignoring failures: the peer may already be gone."""
