@@ -11,10 +11,10 @@ STAMP   := $(VENV)/.installed
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-apt cluster-build cluster-test cluster-down
+.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-build cluster-test cluster-down fuzz
 
 help:
-	@echo "make install | up | down | status | redeploy | test | lint | generate | load | bench"
+	@echo "make install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench"
 
 # --- install -------------------------------------------------------------------------
 install: apt venv jars
@@ -62,20 +62,17 @@ redeploy: install
 	$(DEVSTACK) redeploy
 
 # --- checks --------------------------------------------------------------------------
-test: up cluster-apt cluster-build
+test: up cluster-build
 	$(VENV)/bin/pytest -q
 
 # Kubernetes fidelity: a loopback control plane (etcd, kube-apiserver, controller-manager,
 # scheduler), KWOK and the KubeRay operator run the manifests of kuberay/ and k8s/infra
 # (tests/test_cluster.py, also part of `make test`). Go binaries are built once into
 # .devstack/cluster/bin (cold: ~8 min, then ~10 s to start).
-cluster-apt:
-	@devstack/cluster/install-etcd.sh
-
 cluster-build: venv
 	$(PY) -m devstack.cluster build
 
-cluster-test: cluster-apt cluster-build
+cluster-test: apt cluster-build
 	$(VENV)/bin/pytest -q -m cluster tests/test_cluster.py
 
 # Stops, by pid, a cluster left by `python -m devstack.cluster up` or a killed test run.
@@ -88,6 +85,15 @@ generate: venv
 	$(PY) -m kuberay.render
 	$(PY) -m grafana.dashboard
 	$(PY) -m grafana.ray_dashboards
+
+# Property-based fuzzing of every interface (tests/test_fuzz_*.py): REST (our strategies and
+# schemathesis over /openapi.json) and gRPC against the running stack, plus the consumers'
+# decoding offline. FUZZ_EXAMPLES examples per test (>= 10,000 live requests in all);
+# prints the requests sent, by status. `make test` runs the same tests with a few hundred.
+FUZZ_EXAMPLES ?= 2000
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p tests.fuzzing -m fuzz \
+		tests/test_fuzz_rest.py tests/test_fuzz_grpc.py tests/test_fuzz_codec.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

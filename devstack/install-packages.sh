@@ -18,6 +18,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 "${SYS_PY:-python3}" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v etcd >/dev/null || missing+=(etcd-server)  # the cluster test (devstack/cluster)
 command -v chromium >/dev/null || missing+=(chromium)  # the browser tests (Selenium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -34,7 +35,7 @@ rc=0
 ( export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" ) || rc=$?
 [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
-for svc in rabbitmq-server redis-server; do service "$svc" stop >/dev/null 2>&1 || true; done
+for svc in rabbitmq-server redis-server etcd; do service "$svc" stop >/dev/null 2>&1 || true; done
 
 for pid in $(pgrep -x epmd || true); do
   case "$epmd_before" in *" $pid "*) continue ;; esac
