@@ -26,11 +26,13 @@ PHRASES = (
 
 
 class TweetFactory:
-    """Makes tweets whose ids are ``<tag>-<pid>-<n>``: unique across processes and runs."""
+    """Makes tweets whose ids are ``<tag>-<pid>-<factory>-<n>``: unique across processes,
+    runs and factories, so a second run never reuses an id with other content (which the
+    stores would refuse as a conflict)."""
 
     def __init__(self, tag: str | None = None, seed: int | None = None) -> None:
         self.tag = tag or uuid.uuid4().hex[:10]
-        self._prefix = f"{self.tag}-{os.getpid()}-"
+        self._prefix = f"{self.tag}-{os.getpid()}-{uuid.uuid4().hex[:6]}-"
         self._counter = itertools.count(1)
         self._random = random.Random(seed)
         self._weathers = settings.weathers
