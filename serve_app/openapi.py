@@ -107,7 +107,11 @@ def openapi_document(limits: IngestLimits) -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
                         }
                     ],
-                    "responses": {"200": {"description": "Both stores side by side"}},
+                    "responses": {
+                        "200": {"description": "Both stores side by side"},
+                        "400": _error("latest is not a whole number 0-1000"),
+                        "503": {"description": "A store is down; the other store's numbers"},
+                    },
                 }
             },
         },

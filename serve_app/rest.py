@@ -225,9 +225,10 @@ def build_rest_app(
 
     async def get_stats(request: Request) -> Response:
         raw_latest = request.query_params.get("latest", "0")
-        if not (raw_latest.isascii() and raw_latest.isdigit() and len(raw_latest) <= 6):
+        digits = raw_latest.isascii() and raw_latest.isdigit() and len(raw_latest) <= 6
+        if not (digits and int(raw_latest) <= MAX_LATEST):
             raise HTTPError(400, f"latest must be a whole number 0-{MAX_LATEST}")
-        stats, complete = await read_stats(min(int(raw_latest), MAX_LATEST))
+        stats, complete = await read_stats(int(raw_latest))
         return JSONResponse(stats, status_code=200 if complete else 503)
 
     async def get_openapi(request: Request) -> Response:

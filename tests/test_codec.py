@@ -67,7 +67,15 @@ def test_a_bad_tweet_in_a_chunk_is_poison_alone_with_its_reason() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"\xff\xfe", b"{}", b'{"id": "x"}', b"[1, 2]", b'{"v": 3, "tweets": []}', b"[" * 5000],
+    [
+        b"\xff\xfe",
+        b"{}",
+        b'{"id": "x"}',
+        b"[1, 2]",
+        b'{"v": 3, "tweets": []}',
+        b"[" * 5000,
+        b"9" * 4301,
+    ],  # json.loads raises a plain ValueError past 4,300 digits
 )
 def test_unreadable_messages_are_poison_whole(body: bytes) -> None:
     decoded = decode_message(body)

@@ -93,6 +93,7 @@ def test_field_errors_carry_index_and_field(api) -> None:
     assert response.status_code == 422
     [detail] = response.json()["details"]
     assert detail["loc"] == [1, "weather"]
+    assert response.json()["error"].startswith("invalid tweet: tweets[1].weather: 'Nevado'")
 
 
 def test_broker_failure_is_503_with_retry_after_and_the_ids(api) -> None:
@@ -136,5 +137,7 @@ def test_health_stats_and_openapi(api) -> None:
     stats = client.get("/stats?latest=3")
     assert stats.status_code == 503 and stats.json()["redis"]["latest"] == 3
     assert client.get("/stats?latest=-1").status_code == 400
+    too_many = client.get("/stats?latest=1001")
+    assert too_many.json()["error"] == "latest must be a whole number 0-1000"
     spec = client.get("/openapi.json").json()
     assert "post" in spec["paths"]["/input"]
