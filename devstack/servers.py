@@ -557,6 +557,8 @@ class Ray(Server):
 
     def endpoints(self) -> list[str]:
         return [
+            f"Dashboard: http://{LOCALHOST}:{stack_config.serve_http_port}/dashboard/",
+            f"API docs (Swagger UI): http://{LOCALHOST}:{stack_config.serve_http_port}/docs",
             f"REST (Serve): http://{LOCALHOST}:{stack_config.serve_http_port}",
             f"gRPC (Serve): {LOCALHOST}:{stack_config.serve_grpc_port}",
             f"Ray dashboard: {self.dashboard}",
