@@ -131,6 +131,17 @@ async def _burst(ctx: Context, tweets: int) -> None:
     ctx.extra_ids |= result.accepted_ids
 
 
+async def _held_deliveries(wait_s: float = 10.0) -> int:
+    """Deliveries the frozen RabbitMQ consumer holds unacked (the broker keeps pushing up
+    to the prefetch to a consumer that no longer reads); waits a little for them."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = await asyncio.to_thread(_rabbit_unacked)
+        if held or time.monotonic() >= deadline:
+            return held
+        await asyncio.sleep(0.5)
+
+
 async def _totals() -> dict[str, int]:
     stats, _ = await _snapshot()
     return {name: s["total"] for name, s in stats.items()}
@@ -152,7 +163,7 @@ async def consumers_kill(ctx: Context) -> None:
         accepted_while_frozen = len(ctx.extra_ids) - burst_before
         backlog = {n: accepted_while_frozen - (now[n] - frozen_at[n]) for n in now}
         ctx.notes["backlog_tweets_at_kill"] = backlog
-        ctx.notes["rabbit_unacked_at_kill"] = await asyncio.to_thread(_rabbit_unacked)
+        ctx.notes["rabbit_unacked_at_kill"] = await _held_deliveries()
         async with Monitor(settings, {}) as monitor:
             ctx.notes["kafka_lag_records_at_kill"] = (await monitor.read())["kafka"].get("lag")
     finally:
