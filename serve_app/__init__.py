@@ -1,5 +1,6 @@
 """Weather-tweet ingestion pipeline on Ray Serve.
 
 Data flows one way, one module per stage:
-ingress (REST) -> publisher (gRPC) -> writers (Kafka, RabbitMQ) -> consumers -> store.
+gateway (REST + gRPC faces over the ingest core) -> writers (Kafka, RabbitMQ) -> consumers
+(core + broker adapters) -> store -> dashboards.
 """
