@@ -108,6 +108,7 @@ class _ConsumerLoop:
         self.name = name
         self.settings = settings
         self.owner: str | None = None
+        self.owner_generation = 0
         self.metrics: MetricsSink = ray_metrics()
         self.started_at = time.time()
         self.batches = 0
@@ -140,9 +141,12 @@ class _ConsumerLoop:
         self._ensure_task()
         return await self.status()
 
-    def adopt(self, owner: str) -> None:
-        """The supervisor now in charge (a replaced one must not kill this actor)."""
-        self.owner = owner
+    def adopt(self, owner: str, generation: int) -> str | None:
+        """The supervisor in charge: the newest one (a replaced supervisor, still running
+        for a moment, cannot take the actor back). Returns the owner after the call."""
+        if generation >= self.owner_generation:
+            self.owner, self.owner_generation = owner, generation
+        return self.owner
 
     def owned_by(self) -> str | None:
         return self.owner
@@ -528,6 +532,7 @@ class ConsumerSupervisor:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]
         self.settings = settings
         self.id = uuid.uuid4().hex
+        self.generation = time.time_ns()  # a newer supervisor outranks this one
         validate_consumer_counts(self.settings)
         self._specs = _actor_specs(self.settings)
         self._actors: dict[str, Any] = {}
@@ -540,9 +545,7 @@ class ConsumerSupervisor:
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
     def _create(self, name: str, cls: type) -> Any:
-        actor = _remote_class(cls).options(name=name, **ACTOR_OPTIONS).remote(name, self.settings)
-        actor.adopt.remote(self.id)
-        return actor
+        return _remote_class(cls).options(name=name, **ACTOR_OPTIONS).remote(name, self.settings)
 
     async def _watch(self) -> None:
         while True:
@@ -563,7 +566,8 @@ class ConsumerSupervisor:
             return {"name": name, "running": False, "last_error": _reason(exc), "dead": True}
 
     async def ensure_running(self) -> None:
-        """(Re)start stopped loops; recreate actors that died for good (or stale handles)."""
+        """(Re)start stopped loops; recreate actors that died for good (or stale handles);
+        adopt them all again (an actor Ray restarted has forgotten its owner)."""
         for (name, cls), status in zip(
             self._specs,
             await asyncio.gather(*(self._call(name, "start") for name, _ in self._specs)),
@@ -571,6 +575,13 @@ class ConsumerSupervisor:
         ):
             if status.get("dead"):
                 self._actors[name] = self._create(name, cls)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(a.adopt.remote(self.id, self.generation) for a in self._actors.values())
+                ),
+                self.CALL_TIMEOUT_S,
+            )
 
     async def health(self) -> dict[str, Any]:
         """Every actor's status (running, batches, last error...); changes nothing."""
