@@ -19,10 +19,9 @@ already in a broker into poison).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import pycountry
@@ -144,25 +143,3 @@ def describe_errors(exc: ValidationError, index_errors: bool = True) -> list[dic
 def count_tweets(batches: Sequence[Sequence[Any]]) -> int:
     """Batch size for ``serve.batch``: tweets, not calls (one call may carry 1,000)."""
     return sum(len(b) for b in batches)
-
-
-def new_tweet_id() -> str:
-    return str(uuid.uuid4())
-
-
-def accept(tweets: Sequence[TweetIn], now: datetime | None = None) -> list[Tweet]:
-    """Give every tweet an id (the client's, or a fresh UUID) and the acceptance time.
-
-    The tweets are already validated, so they are built without validating again.
-    """
-    accepted_at = now or datetime.now(UTC)
-    return [
-        Tweet.model_construct(
-            id=t.id or new_tweet_id(),
-            description=t.description,
-            country=t.country,
-            weather=t.weather,
-            accepted_at=accepted_at,
-        )
-        for t in tweets
-    ]
