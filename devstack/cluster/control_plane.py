@@ -134,32 +134,30 @@ class ControlPlane:
             "PATH": path,
         }
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        """Run the built kubectl against this cluster: its stdout and stderr (warnings);
-        raises, with both in the message, when it fails."""
+    def _run_kubectl(
+        self, args: list[str], stdin: str | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """The built kubectl against this cluster; raises, with its output, when it fails."""
         result = subprocess.run(
             [str(self.binaries["kubectl"]), *args],
             input=stdin,
             capture_output=True,
             text=True,
             env=self.env(),
-            timeout=600,
+            timeout=timeout,
         )
         if result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}:\n{result.stdout}{result.stderr}")
+        return result
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """kubectl's stdout and stderr (warnings) together."""
+        result = self._run_kubectl(list(args), stdin)
         return result.stdout + result.stderr
 
     def get_json(self, *args: str) -> dict:
         """``kubectl get ... -o json`` parsed (stderr kept apart)."""
-        result = subprocess.run(
-            [str(self.binaries["kubectl"]), "get", *args, "-o", "json"],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"kubectl get {' '.join(args)}: {result.stderr}")
+        result = self._run_kubectl(["get", *args, "-o", "json"], timeout=120)
         return json.loads(result.stdout)
 
     # ------------------------------------------------------------------ processes
