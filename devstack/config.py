@@ -8,10 +8,13 @@ what the application connects to.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCALHOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class StackConfig(BaseSettings):
@@ -39,6 +42,11 @@ class StackConfig(BaseSettings):
     ray_worker_agent_port: int = 52365  # dashboard agent of worker i: this + i (head: this)
     serve_http_port: int = 8000  # as in serve_config.yaml
     serve_grpc_port: int = 9000
+
+    @property
+    def state_dir(self) -> Path:
+        """Where every server of the stack keeps its files (git-ignored)."""
+        return Path(self.dir).resolve() if self.dir else REPO / ".devstack"
 
     @property
     def serve_http_url(self) -> str:

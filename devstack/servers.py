@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -25,15 +23,15 @@ from typing import Any
 
 import yaml
 
-from devstack import procs
-from devstack.config import LOCALHOST, stack_config
+from devstack import procs, ray_auth
+from devstack.config import LOCALHOST, REPO, stack_config
 from serve_app.settings import settings
 
-REPO = Path(__file__).resolve().parents[1]
+RAY_SITE = REPO / "devstack" / "ray_site"
 
 
 def state_dir() -> Path:
-    return Path(stack_config.dir).resolve() if stack_config.dir else REPO / ".devstack"
+    return stack_config.state_dir
 
 
 def venv_bin(tool: str) -> str:
@@ -80,7 +78,9 @@ class Server:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ)
+        """The server's environment: ours, plus the state directory, which also marks
+        every process of the stack (what tests/test_exposure.py looks for)."""
+        return {**os.environ, "DEVSTACK_DIR": str(stack_config.state_dir)}
 
     def probe_port(self) -> int:
         return self.ports()[0]
@@ -362,7 +362,7 @@ class RabbitMQ(Server):
 
     def env(self) -> dict[str, str]:
         d = self.dir
-        env = dict(os.environ)
+        env = super().env()
         env.update(
             HOME=str(d / "home"),  # the Erlang cookie lives here
             RABBITMQ_NODENAME=stack_config.rabbitmq_node_name,
@@ -566,21 +566,30 @@ class Ray(Server):
         ]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = super().env()
         env.update(
             RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
             RAY_SERVE_ENABLE_HA_PROXY="1",
             # gRPC messages as large as a REST body may be, not Serve's default 2 GiB
             RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=str(settings.max_body_bytes),
+            # A single-machine cluster: Ray keeps the node address 127.0.0.1 (instead of
+            # the LAN address) and binds its servers there. Worker nodes join anyway.
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            # Serve's own wildcard listeners bind loopback too (see the module there);
+            # the repo comes next so workers import serve_app and loadtest alike.
+            PYTHONPATH=os.pathsep.join([str(RAY_SITE), str(REPO)]),
+            **ray_auth.client_env(),
         )
         return env
 
-    def _run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, cmd: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         with open(self.log, "a") as log:
             log.write(f"\n==== devstack: {' '.join(cmd)} at {time.ctime()} ====\n")
             log.flush()
             result = subprocess.run(
-                cmd, cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL,
+                cmd, cwd=REPO, env=env or self.env(), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
             )  # fmt: skip
             log.write(result.stdout)
@@ -592,6 +601,7 @@ class Ray(Server):
         self.pidfile.remove()
         self.check_ports()
         self.dir.mkdir(parents=True, exist_ok=True)
+        ray_auth.ensure_token()
         cmd = [
             venv_bin("ray"), "start", "--head",
             f"--node-ip-address={LOCALHOST}",
@@ -613,18 +623,23 @@ class Ray(Server):
         return True
 
     def start_worker(self, index: int) -> int:
-        """`ray start` one more node on this machine, joined to the head; its raylet's pid."""
+        """`ray start` one more node on this machine, joined to the head; its raylet's pid.
+
+        `ray start` refuses to join a node while clusters are "disabled", and it would
+        rewrite `--node-ip-address=127.0.0.1` to the LAN address; without the flag, a
+        joining node takes the address it reaches the head from: 127.0.0.1.
+        """
         node_manager_port = stack_config.ray_worker_node_manager_port + index
         cmd = [
             venv_bin("ray"), "start",
             f"--address={LOCALHOST}:{stack_config.ray_gcs_port}",
-            f"--node-ip-address={LOCALHOST}",
             f"--num-cpus={stack_config.ray_worker_num_cpus}",
             f"--node-manager-port={node_manager_port}",
             f"--dashboard-agent-listen-port={stack_config.ray_worker_agent_port + index}",
             "--disable-usage-stats",
         ]  # fmt: skip
-        result = self._run(cmd, timeout=self.start_timeout)
+        env = {**self.env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+        result = self._run(cmd, timeout=self.start_timeout, env=env)
         raylet = procs.port_owner(node_manager_port)
         if result.returncode != 0 or not raylet or raylet < 0:
             raise StackError(self.failure(f"worker node {index} did not start"))
@@ -652,15 +667,12 @@ class Ray(Server):
         return stack_config.ray_dashboard_port
 
     def probe(self) -> bool:
-        with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=3) as resp:
-            return resp.status == 200
+        return bool(ray_auth.dashboard_json("/api/version", timeout=3))
 
     def applications(self) -> dict[str, dict[str, Any]]:
         """Serve applications as the dashboard reports them ({} when Serve is not up)."""
-        url = f"{self.dashboard}/api/serve/applications/"
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return json.loads(resp.read()).get("applications") or {}
+            return ray_auth.dashboard_json("/api/serve/applications/").get("applications") or {}
         except Exception:  # noqa: BLE001
             return {}
 

@@ -16,32 +16,24 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from devstack import stack
-from devstack.config import stack_config
+from devstack import ray_auth, stack
+from devstack.config import REPO, stack_config
+from devstack.servers import venv_bin
 from serve_app.settings import settings
 from serve_app.store import KEYS, connect_redis, connect_valkey
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
 HTTP_BASE = stack_config.serve_http_url
 GRPC_TARGET = stack_config.serve_grpc_target
 DASHBOARD = stack_config.ray_dashboard_url
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 NOOP_APP = "noop"
 NOOP_ROUTE = "/noop"
 SCALED = (("ingest", "Gateway"),)
 """The deployments the replica sweep varies: (application, deployment)."""
-
-
-def venv_bin(tool: str) -> str:
-    path = VENV_BIN / tool
-    return str(path) if path.exists() else tool
 
 
 # --- config variants -------------------------------------------------------------------
@@ -58,9 +50,7 @@ def with_noop(config: dict[str, Any]) -> dict[str, Any]:
         {
             "name": NOOP_APP,
             "route_prefix": NOOP_ROUTE,
-            "import_path": "loadtest.noop_app:app",
-            # the repo on the workers' path even if the editable install predates loadtest/
-            "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
+            "import_path": "loadtest.noop_app:app",  # the Ray node has the repo on its path
             "deployments": [
                 {
                     "name": "Noop",
@@ -108,9 +98,7 @@ def replica_variant(
 
 # --- dashboard -----------------------------------------------------------------------
 def applications(timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    url = f"{DASHBOARD}/api/serve/applications/"
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read()).get("applications") or {}
+    return ray_auth.dashboard_json("/api/serve/applications/", timeout).get("applications") or {}
 
 
 def replica_counts(apps: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
@@ -172,7 +160,7 @@ def deploy(
         result = subprocess.run(
             [venv_bin("serve"), "deploy", path, "-a", DASHBOARD],
             cwd=REPO,
-            env={**os.environ, **SERVE_ENV},
+            env=stack.get("ray").env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

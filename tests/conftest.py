@@ -5,9 +5,14 @@ Test modules add their own fixtures in their own files; only stack plumbing live
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from devstack import stack
+from devstack import ray_auth, stack
+
+# Ray on the stack runs with token authentication: `ray.init` in any test authenticates
+os.environ.update(ray_auth.client_env())
 
 
 @pytest.fixture(scope="session")

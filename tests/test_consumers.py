@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -49,7 +48,6 @@ from serve_app.settings import settings
 from serve_app.store import TweetStore, connect_redis, connect_valkey
 from serve_app.topology import POISON_REASON_HEADER, declare_rabbit_topology, ensure_kafka_topics
 
-ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "consumers"
 
 
@@ -62,7 +60,6 @@ def ray_cluster(devstack_serve: Any) -> Iterable[None]:
         ray.init(
             address="auto",
             namespace=NAMESPACE,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
             log_to_driver=False,
         )
     yield

@@ -1,0 +1,58 @@
+"""Ray's token authentication on the local stack.
+
+Each checkout gets its own token, generated on the first ``make up`` with the same
+256-bit randomness Ray uses, kept in ``.devstack/ray-auth/token`` (git-ignored, mode
+0600). Ray starts with ``RAY_AUTH_MODE=token``, so its gRPC servers and the dashboard's
+HTTP API refuse every caller without it. Every Ray client of the stack (the ``ray`` and
+``serve`` CLIs devstack runs, ``ray.init`` in tests, the load tools' dashboard calls)
+takes its credentials from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from devstack.config import stack_config
+
+TOKEN_BYTES = 32  # as ray._private.authentication.authentication_token_generator
+
+
+def token_path() -> Path:
+    return stack_config.state_dir / "ray-auth" / "token"
+
+
+def ensure_token() -> Path:
+    """The token file, created (readable by its owner only) if this checkout has none."""
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(TOKEN_BYTES))
+    return path
+
+
+def token() -> str:
+    return token_path().read_text().strip()
+
+
+def client_env() -> dict[str, str]:
+    """What a Ray process or client of the stack needs in its environment."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path())}
+
+
+def dashboard_json(path: str, timeout: float = 5.0) -> Any:
+    """GET ``path`` from the Ray dashboard's HTTP API, authenticated."""
+    request = urllib.request.Request(
+        f"{stack_config.ray_dashboard_url}{path}",
+        headers={"Authorization": f"Bearer {token()}"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read())
