@@ -21,6 +21,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v etcd >/dev/null || missing+=(etcd-server)  # the cluster test (devstack/cluster)
 command -v chromium >/dev/null || missing+=(chromium)  # the browser tests (Selenium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v ss >/dev/null || missing+=(iproute2)  # the exposure test (ss -ltnp)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 epmd_before=" $( (pgrep -x epmd || true) | tr "\n" " ") "

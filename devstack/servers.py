@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from devstack import procs, ray_auth
+from devstack import procs, ray_access
 from devstack.config import LOCALHOST, REPO, stack_config
 from serve_app.settings import settings
 
@@ -572,13 +572,11 @@ class Ray(Server):
             RAY_SERVE_ENABLE_HA_PROXY="1",
             # gRPC messages as large as a REST body may be, not Serve's default 2 GiB
             RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=str(settings.max_body_bytes),
-            # A single-machine cluster: Ray keeps the node address 127.0.0.1 (instead of
-            # the LAN address) and binds its servers there. Worker nodes join anyway.
-            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
             # Serve's own wildcard listeners bind loopback too (see the module there);
             # the repo comes next so workers import serve_app and loadtest alike.
             PYTHONPATH=os.pathsep.join([str(RAY_SITE), str(REPO)]),
-            **ray_auth.client_env(),
+            # the token, and node address 127.0.0.1 where Ray binds its own servers
+            **ray_access.client_env(),
         )
         return env
 
@@ -601,7 +599,7 @@ class Ray(Server):
         self.pidfile.remove()
         self.check_ports()
         self.dir.mkdir(parents=True, exist_ok=True)
-        ray_auth.ensure_token()
+        ray_access.ensure_token()
         cmd = [
             venv_bin("ray"), "start", "--head",
             f"--node-ip-address={LOCALHOST}",
@@ -667,12 +665,12 @@ class Ray(Server):
         return stack_config.ray_dashboard_port
 
     def probe(self) -> bool:
-        return bool(ray_auth.dashboard_json("/api/version", timeout=3))
+        return bool(ray_access.dashboard_json("/api/version", timeout=3))
 
     def applications(self) -> dict[str, dict[str, Any]]:
         """Serve applications as the dashboard reports them ({} when Serve is not up)."""
         try:
-            return ray_auth.dashboard_json("/api/serve/applications/").get("applications") or {}
+            return ray_access.dashboard_json("/api/serve/applications/").get("applications") or {}
         except Exception:  # noqa: BLE001
             return {}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from devstack import ray_auth, stack
+from devstack import ray_access, stack
 from devstack.config import REPO, stack_config
 from devstack.servers import venv_bin
 from serve_app.settings import settings
@@ -98,7 +98,7 @@ def replica_variant(
 
 # --- dashboard -----------------------------------------------------------------------
 def applications(timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    return ray_auth.dashboard_json("/api/serve/applications/", timeout).get("applications") or {}
+    return ray_access.dashboard_json("/api/serve/applications/", timeout).get("applications") or {}
 
 
 def replica_counts(apps: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from devstack import ray_auth, stack
+from devstack import ray_access, stack
 
 # Ray on the stack runs with token authentication: `ray.init` in any test authenticates
-os.environ.update(ray_auth.client_env())
+os.environ.update(ray_access.client_env())
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from devstack.config import stack_config
 from loadtest import retrying, serveops
 from serve_app.settings import settings
 from serve_app.store import both_stores
+from tests.listeners import exposed_stack_listeners
 
 pytestmark = [pytest.mark.usefixtures("devstack_infra"), pytest.mark.timeout(900)]
 
@@ -98,6 +99,8 @@ async def test_three_nodes_survive_a_worker_node_failure(tmp_path: Path) -> None
         report["placement_before"] = before_placement
         for name, nodes in before_placement.items():
             assert len(set(nodes)) == 2, (name, nodes)
+        report["exposed"] = exposed_stack_listeners()  # every node's: loopback only
+        assert report["exposed"] == [], report["exposed"]
         before_consumers = consumers()
         assert before_consumers["healthy"], before_consumers
         before = await totals()

@@ -1,4 +1,5 @@
-"""Ray's token authentication on the local stack.
+"""How anything reaches the local stack's Ray: its address stays 127.0.0.1, and every
+caller carries the token.
 
 Each checkout gets its own token, generated on the first ``make up`` with the same
 256-bit randomness Ray uses, kept in ``.devstack/ray-auth/token`` (git-ignored, mode
@@ -44,8 +45,17 @@ def token() -> str:
 
 
 def client_env() -> dict[str, str]:
-    """What a Ray process or client of the stack needs in its environment."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path())}
+    """What a Ray process or client of the stack needs in its environment.
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch for a single-machine cluster:
+    without it Ray replaces a loopback address (the node's, or ``127.0.0.1:6385`` given to
+    ``ray.init``) with the LAN address, where nothing of the stack listens.
+    """
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path()),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
 
 
 def dashboard_json(path: str, timeout: float = 5.0) -> Any:
