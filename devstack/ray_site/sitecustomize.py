@@ -77,12 +77,10 @@ class AdjustOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-sys.meta_path.insert(
-    0,
-    AdjustOnImport(
-        {
-            "grpc.aio._server": bind_grpc_servers_to_loopback,
-            "ray.serve._private.haproxy_templates": bind_haproxy_templates_to_loopback,
-        }
-    ),
-)
+ADJUSTMENTS = {
+    "grpc.aio._server": bind_grpc_servers_to_loopback,
+    "ray.serve._private.haproxy_templates": bind_haproxy_templates_to_loopback,
+}
+
+if __name__ == "sitecustomize":  # at interpreter start-up; not when a test imports it
+    sys.meta_path.insert(0, AdjustOnImport(ADJUSTMENTS))
