@@ -580,14 +580,12 @@ class Ray(Server):
         )
         return env
 
-    def _run(
-        self, cmd: list[str], timeout: float, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         with open(self.log, "a") as log:
             log.write(f"\n==== devstack: {' '.join(cmd)} at {time.ctime()} ====\n")
             log.flush()
             result = subprocess.run(
-                cmd, cwd=REPO, env=env or self.env(), stdin=subprocess.DEVNULL,
+                cmd, cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
             )  # fmt: skip
             log.write(result.stdout)
@@ -621,23 +619,19 @@ class Ray(Server):
         return True
 
     def start_worker(self, index: int) -> int:
-        """`ray start` one more node on this machine, joined to the head; its raylet's pid.
-
-        `ray start` refuses to join a node while clusters are "disabled", and it would
-        rewrite `--node-ip-address=127.0.0.1` to the LAN address; without the flag, a
-        joining node takes the address it reaches the head from: 127.0.0.1.
-        """
+        """One more Ray node on this machine, joined to the head on 127.0.0.1 (through
+        devstack/ray_join.py: Ray's own CLI would move it to the LAN address); its
+        raylet's pid."""
         node_manager_port = stack_config.ray_worker_node_manager_port + index
         cmd = [
-            venv_bin("ray"), "start",
+            sys.executable, "-m", "devstack.ray_join",
             f"--address={LOCALHOST}:{stack_config.ray_gcs_port}",
             f"--num-cpus={stack_config.ray_worker_num_cpus}",
             f"--node-manager-port={node_manager_port}",
             f"--dashboard-agent-listen-port={stack_config.ray_worker_agent_port + index}",
             "--disable-usage-stats",
         ]  # fmt: skip
-        env = {**self.env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
-        result = self._run(cmd, timeout=self.start_timeout, env=env)
+        result = self._run(cmd, timeout=self.start_timeout)
         raylet = procs.port_owner(node_manager_port)
         if result.returncode != 0 or not raylet or raylet < 0:
             raise StackError(self.failure(f"worker node {index} did not start"))

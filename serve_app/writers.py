@@ -45,6 +45,9 @@ class _Writer:
     async def _probe(self) -> None:
         raise NotImplementedError
 
+    def _after_failure(self) -> None:
+        """Called after any failed round trip; the connection is kept by default."""
+
     async def _ensure_connected(self) -> None:
         if self._connected():
             return
@@ -58,6 +61,7 @@ class _Writer:
                 await self._ensure_connected()
                 await operation()
         except Exception as exc:  # any broker failure means "not confirmed"
+            self._after_failure()
             raise BrokerUnavailable(self.broker, describe(exc)) from exc
 
     async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int:
@@ -83,6 +87,7 @@ class KafkaChunkWriter(_Writer):
     def __init__(self, config: Settings) -> None:
         super().__init__(config)
         self._producer: AIOKafkaProducer | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
     def _connected(self) -> bool:
         return self._producer is not None
@@ -118,9 +123,27 @@ class KafkaChunkWriter(_Writer):
         if not metadata.brokers():
             raise ConnectionError("no Kafka broker answered a metadata request")
 
+    def _after_failure(self) -> None:
+        """A failed send can leave an idempotent producer's sequence numbers out of step
+        with the broker's (every later send then fails with OutOfOrderSequenceNumber):
+        the next write starts a new producer; this one is stopped in the background.
+        Its late deliveries, if any, carry tweet ids the consumers already deduplicate."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            task = asyncio.ensure_future(self._stop_quietly(producer))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await producer.stop()
+
     async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
 
 
 class RabbitChunkWriter(_Writer):

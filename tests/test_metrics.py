@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from devstack import ray_access
 from devstack.config import stack_config
 from serve_app import metrics
 from serve_app.dashboard import DashboardCore
@@ -173,8 +174,7 @@ async def test_dashboard_sample_exports_backlog_gauges_and_keeps_the_last_known(
 
 def metrics_endpoint() -> str:
     """The head node's metrics export address, as the Ray dashboard reports it."""
-    url = f"{stack_config.ray_dashboard_url}/nodes?view=summary"
-    summary = httpx.get(url, timeout=10).raise_for_status().json()["data"]["summary"]
+    summary = ray_access.dashboard_json("/nodes?view=summary", timeout=10)["data"]["summary"]
     node = summary[0]
     return f"http://{node['ip']}:{node['raylet']['metricsExportPort']}/metrics"
 
