@@ -98,8 +98,13 @@ class Listener:
 
     @property
     def loopback_only(self) -> bool:
-        mapped = getattr(self.address, "ipv4_mapped", None)
-        return (mapped or self.address).is_loopback
+        return is_loopback(self.address)
+
+
+def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, also as an IPv4 address mapped into IPv6 (``::ffff:127.0.0.1``)."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def _hex_address(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

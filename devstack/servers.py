@@ -30,10 +30,6 @@ from serve_app.settings import settings
 RAY_SITE = REPO / "devstack" / "ray_site"
 
 
-def state_dir() -> Path:
-    return stack_config.state_dir
-
-
 def venv_bin(tool: str) -> str:
     """A console script installed next to the running interpreter (.venv/bin/...)."""
     candidate = Path(sys.executable).parent / tool
@@ -60,7 +56,7 @@ class Server:
     stop_timeout: float = 30.0
 
     def __init__(self) -> None:
-        self.dir = state_dir() / self.name
+        self.dir = stack_config.state_dir / self.name
         self.log = self.dir / f"{self.name}.log"
         self.pidfile = procs.PidFile(self.dir / f"{self.name}.pid")
 

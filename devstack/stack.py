@@ -16,7 +16,8 @@ import contextlib
 import fcntl
 from collections.abc import Iterable, Iterator
 
-from devstack.servers import INFRA, SERVERS, Server, StackError, state_dir
+from devstack.config import stack_config
+from devstack.servers import INFRA, SERVERS, Server, StackError
 
 __all__ = [
     "INFRA",
@@ -46,7 +47,7 @@ def get(name: str) -> Server:
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     """Serialize stack changes between processes (two `up`s never race)."""
-    path = state_dir()
+    path = stack_config.state_dir
     path.mkdir(parents=True, exist_ok=True)
     with open(path / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import stack
+from devstack import procs, stack
 from devstack.config import stack_config
 
 
@@ -31,9 +31,7 @@ class SocketListener:
     def loopback(self) -> bool:
         if self.host == "*":
             return False
-        address = ipaddress.ip_address(self.host.strip("[]").split("%")[0])
-        mapped = getattr(address, "ipv4_mapped", None)
-        return (mapped or address).is_loopback
+        return procs.is_loopback(ipaddress.ip_address(self.host.strip("[]").split("%")[0]))
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port} {self.users}"

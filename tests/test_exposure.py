@@ -18,13 +18,10 @@ from devstack import ray_access
 from devstack.config import REPO, stack_config
 from tests.listeners import exposed_stack_listeners, stack_listeners, stack_servers
 
-
-@pytest.fixture(scope="module")
-def stack_up(devstack_serve):
-    return devstack_serve
+pytestmark = pytest.mark.usefixtures("devstack_serve")
 
 
-def test_nothing_of_the_stack_listens_beyond_loopback(stack_up):
+def test_nothing_of_the_stack_listens_beyond_loopback():
     listeners = stack_listeners()
     ports = {lsn.port for lsn in listeners}
     # every port devstack knows (servers, epmd, Ray's GCS and dashboard, Serve through
@@ -35,7 +32,7 @@ def test_nothing_of_the_stack_listens_beyond_loopback(stack_up):
     assert exposed == [], "listening beyond loopback:\n" + "\n".join(exposed)
 
 
-def test_serve_listeners_that_ignore_the_host_are_on_loopback_too(stack_up):
+def test_serve_listeners_that_ignore_the_host_are_on_loopback_too():
     """Serve's gRPC replica ports and HAProxy's stats and metrics have no host setting:
     devstack/ray_site binds them to loopback. They exist, and are not exposed."""
     serve = [lsn for lsn in stack_listeners() if "haproxy" in lsn.users or "Serve" in lsn.users]
@@ -45,7 +42,7 @@ def test_serve_listeners_that_ignore_the_host_are_on_loopback_too(stack_up):
     assert [str(lsn) for lsn in serve if not lsn.loopback] == []
 
 
-def test_ray_dashboard_api_refuses_a_caller_without_the_token(stack_up):
+def test_ray_dashboard_api_refuses_a_caller_without_the_token():
     url = f"{stack_config.ray_dashboard_url}/api/serve/applications/"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=5)
@@ -57,7 +54,7 @@ def test_ray_dashboard_api_refuses_a_caller_without_the_token(stack_up):
     assert "ingest" in ray_access.dashboard_json("/api/serve/applications/")["applications"]
 
 
-def test_ray_gcs_refuses_a_grpc_caller_without_the_token(stack_up):
+def test_ray_gcs_refuses_a_grpc_caller_without_the_token():
     target = f"127.0.0.1:{stack_config.ray_gcs_port}"
     request = gcs_service_pb2.GetClusterIdRequest()
     with grpc.insecure_channel(target) as channel:
@@ -70,7 +67,7 @@ def test_ray_gcs_refuses_a_grpc_caller_without_the_token(stack_up):
     assert reply.cluster_id
 
 
-def test_the_token_is_this_checkouts_own_and_private(stack_up):
+def test_the_token_is_this_checkouts_own_and_private():
     path = ray_access.token_path()
     assert re.fullmatch(r"[0-9a-f]{64}", ray_access.token())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
