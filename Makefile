@@ -11,10 +11,10 @@ STAMP   := $(VENV)/.installed
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-build cluster-test cluster-down fuzz
+.PHONY: help unit install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-build cluster-test cluster-down fuzz
 
 help:
-	@echo "make install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench"
+	@echo "make unit | install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench"
 
 # --- install -------------------------------------------------------------------------
 install: apt venv jars
@@ -62,18 +62,22 @@ redeploy: install
 	$(DEVSTACK) redeploy
 
 # --- checks --------------------------------------------------------------------------
+# The fast tests: pure logic, no server and no Ray (tests/unit, well under a minute).
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
 test: up cluster-build
 	$(VENV)/bin/pytest -q
 
 # Kubernetes fidelity: a loopback control plane (etcd, kube-apiserver, controller-manager,
 # scheduler), KWOK and the KubeRay operator run the manifests of kuberay/ and k8s/infra
-# (tests/test_cluster.py, also part of `make test`). Go binaries are built once into
+# (tests/cluster/, also part of `make test`). Go binaries are built once into
 # .devstack/cluster/bin (cold: ~8 min, then ~10 s to start).
 cluster-build: venv
 	$(PY) -m devstack.cluster build
 
 cluster-test: apt cluster-build
-	$(VENV)/bin/pytest -q -m cluster tests/test_cluster.py
+	$(VENV)/bin/pytest -q tests/cluster
 
 # Stops, by pid, a cluster left by `python -m devstack.cluster up` or a killed test run.
 cluster-down:
@@ -92,11 +96,13 @@ generate: venv
 # prints the requests sent, by status. `make test` runs the same tests with a few hundred.
 FUZZ_EXAMPLES ?= 2000
 fuzz: venv
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p tests.fuzzing -m fuzz \
-		tests/test_fuzz_rest.py tests/test_fuzz_grpc.py tests/test_fuzz_codec.py
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p tests.support.fuzzing -m fuzz \
+		tests/fuzz
 
+# ruff, and the import contracts of pyproject.toml (which stage may import what).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 include loadtest/loadtest.mk

@@ -1,8 +1,8 @@
 """The weather pipeline's Grafana dashboard, as code (grafana-foundation-sdk).
 
 Writes ``k8s/infra/grafana/dashboards/weather.json``, which kustomize ships to Grafana as a
-ConfigMap (``grafana-weather-dashboards``). ``tests/test_grafana_dashboard.py`` fails when the
-committed JSON is stale or when a Redis command reads a key that ``serve_app.store.KEYS`` does
+ConfigMap (``grafana-weather-dashboards``). ``tests/unit/test_grafana_dashboard.py`` fails when the
+committed JSON is stale or when a Redis command reads a key that ``serve_app.store.core.KEYS`` does
 not define.
 
     python -m grafana.dashboard           # rewrite the JSON
@@ -11,7 +11,7 @@ not define.
 Panels: total tweets in Redis (fed by Kafka) and Valkey (fed by RabbitMQ) side by side; per
 store tweets by country, by weather, country x weather, the latest tweets, memory and ops/s;
 from Prometheus, requests/s and healthy replicas per Serve deployment, and the pipeline's own
-metrics (``serve_app.metrics``: accepted, refused, published, consumed, backlog).
+metrics (``serve_app.model.metrics``: accepted, refused, published, consumed, backlog).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
 from codegen import write_or_check
-from serve_app import metrics
-from serve_app.metrics import Metric
-from serve_app.store import KEYS
+from serve_app.model import metrics
+from serve_app.model.metrics import Metric
+from serve_app.store.core import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "k8s" / "infra" / "grafana" / "dashboards" / "weather.json"
@@ -280,7 +280,7 @@ def _gauge_panel(title: str, metric: Metric, by: tuple[str, ...]) -> timeseries.
 
 
 def _pipeline_panels() -> list[timeseries.Panel]:
-    """The application metrics of serve_app.metrics, one panel each."""
+    """The application metrics of serve_app.model.metrics, one panel each."""
     return [
         _rate_panel("Accepted tweets/s by face", metrics.ACCEPTED, ("face",), "cps"),
         _rate_panel("Refused requests/s by status", metrics.REJECTED, ("face", "code"), "reqps"),
@@ -366,7 +366,7 @@ def build() -> dash.Dashboard:
             "reqps",
         )
     )
-    board.with_row(dash.Row("Pipeline metrics (serve_app.metrics, Prometheus)"))
+    board.with_row(dash.Row("Pipeline metrics (serve_app.model.metrics, Prometheus)"))
     for panel in _pipeline_panels():
         board.with_panel(panel)
     return board

@@ -3,7 +3,7 @@
 The Ray dashboard embeds panels of these dashboards (by uid) from the Grafana at
 RAY_GRAFANA_HOST. A Ray head normally writes them under /tmp/ray/session_latest/metrics;
 here they are generated with the pinned Ray's own factory and committed, so Grafana has them
-from its first start. ``tests/test_grafana_dashboard.py`` checks they are up to date.
+from its first start. ``tests/unit/test_grafana_dashboard.py`` checks they are up to date.
 
     python -m grafana.ray_dashboards           # rewrite k8s/infra/grafana/dashboards/ray/
     python -m grafana.ray_dashboards --check

@@ -2,7 +2,7 @@
 
 ``serve_config.yaml`` is the one Serve config: ``make up`` deploys it locally and the
 RayService embeds it verbatim as ``serveConfigV2`` through this generated kustomize patch,
-so it is never edited in two places. ``tests/test_k8s_manifests.py`` fails when the patch is
+so it is never edited in two places. ``tests/unit/test_k8s_manifests.py`` fails when the patch is
 stale.
 
     python -m kuberay.render           # rewrite the patch

@@ -1,7 +1,8 @@
 """The Serve applications of serve_config.yaml, in the order data flows, and their builders.
 
 - ``ingest`` (route ``/``, gRPC :9000): the ``Gateway`` (REST + gRPC faces) over the
-  ``KafkaWriter`` and ``RabbitWriter`` deployments, passed in with ``.bind()``.
+  ``KafkaWriter`` and ``RabbitWriter`` deployments (:mod:`serve_app.brokers.deployment`),
+  passed in with ``.bind()``.
 - ``consumers`` (route ``/consumers``): ``ConsumerSupervisor``, which runs the consumer actors.
 - ``dashboard`` (route ``/dashboard``): the live page over both stores.
 
@@ -11,30 +12,13 @@ No ``from __future__ import annotations`` here: Serve reads the builders' annota
 ``args`` into ``Settings``.
 """
 
-from ray import serve
 from ray.serve import Application
 
-from serve_app.consumers import ConsumerSupervisor
-from serve_app.dashboard_deployment import Dashboard
-from serve_app.gateway import Gateway
+from serve_app.brokers.deployment import KafkaWriter, RabbitWriter
+from serve_app.consume.deployment import ConsumerSupervisor
+from serve_app.dashboard.deployment import Dashboard
+from serve_app.ingest.deployment import Gateway
 from serve_app.settings import Settings
-from serve_app.writers import KafkaChunkWriter, RabbitChunkWriter
-
-
-@serve.deployment(name="KafkaWriter")
-class KafkaWriter(KafkaChunkWriter):
-    """Serve adapter: the Kafka writer, closed with its replica."""
-
-    async def __del__(self) -> None:
-        await self.close()
-
-
-@serve.deployment(name="RabbitWriter")
-class RabbitWriter(RabbitChunkWriter):
-    """Serve adapter: the RabbitMQ writer, closed with its replica."""
-
-    async def __del__(self) -> None:
-        await self.close()
 
 
 def build_ingest_app(config: Settings) -> Application:

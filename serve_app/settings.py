@@ -1,20 +1,19 @@
 """The one place that reads environment variables.
 
 The Serve application builders (``serve_app.app``) build :class:`Settings` once and pass it
-to every deployment and consumer actor; runtime code never reads the environment itself.
-Tooling (the local stack, tests, load tests) uses :data:`settings`. No address or name is
-written anywhere else.
+to every deployment and consumer actor; runtime code never reads the environment itself,
+and nothing builds an instance at import time. Tooling builds its own
+(``devstack.config.app_settings()``). No address or name is written anywhere else.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from urllib.parse import quote
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serve_app.schema import TweetRules
+from serve_app.model.schema import TweetRules
 
 
 class Settings(BaseSettings):
@@ -82,11 +81,3 @@ class Settings(BaseSettings):
     @property
     def tweet_rules(self) -> TweetRules:
         return TweetRules(self.weathers)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
-
-
-settings = get_settings()

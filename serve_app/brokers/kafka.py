@@ -1,0 +1,364 @@
+"""Everything that speaks Kafka: topics, producers, the chunk writer, the consumer source,
+dead letters and the lag probe (aiokafka is imported nowhere else).
+
+Topics: the tweet topic (``kafka_partitions`` partitions, keyed by country, so a country's
+tweets stay in order) and a dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
+
+from serve_app.brokers.base import POISON_REASON_HEADER, ChunkWriter, DeadLetter, Delivery
+from serve_app.model.codec import Chunk
+from serve_app.model.health import (
+    READ_TIMEOUT_S,
+    TOOLING_TIMEOUT_S,
+    close_quietly,
+    failed,
+    healthy,
+)
+from serve_app.settings import Settings
+
+ORIGINAL_TOPIC_HEADER = "x-original-topic"
+ORIGINAL_PARTITION_HEADER = "x-original-partition"
+ORIGINAL_OFFSET_HEADER = "x-original-offset"
+
+Record = ConsumerRecord
+"""What a Kafka delivery's ``origin`` is."""
+
+
+# --- topics and producers -------------------------------------------------------------------
+
+
+async def ensure_kafka_topics(settings: Settings) -> None:
+    """Create the tweet and dead-letter topics if absent (as the seed's writers did)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {
+            settings.kafka_topic: settings.kafka_partitions,
+            settings.kafka_dead_letter_topic: 1,
+        }
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name, partitions in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def start_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A started idempotent producer (acks=all): every send is confirmed by all in-sync
+    replicas and a retried send is never written twice. Stopped again if it cannot start."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        **options,
+    )
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+# --- writer ---------------------------------------------------------------------------------
+
+
+class KafkaChunkWriter(ChunkWriter):
+    """One record per chunk, keyed by country: a country's tweets stay in order."""
+
+    broker = "kafka"
+    by_country = True
+
+    def __init__(self, config: Settings) -> None:
+        super().__init__(config)
+        self._producer: AIOKafkaProducer | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _connected(self) -> bool:
+        return self._producer is not None
+
+    async def _connect(self) -> None:
+        await ensure_kafka_topics(self.settings)
+        self._producer = await start_producer(
+            self.settings,
+            linger_ms=1,
+            max_batch_size=1_048_576,
+            max_request_size=2 * self.settings.max_chunk_bytes + 65_536,
+            request_timeout_ms=int(self.settings.publish_timeout_s * 1000),
+        )
+
+    async def _send(self, chunks: Sequence[Chunk]) -> None:
+        assert self._producer is not None
+        topic = self.settings.kafka_topic
+        send = self._producer.send
+        deliveries = [await send(topic, value=c.body, key=c.country.encode()) for c in chunks]
+        await asyncio.gather(*deliveries)
+
+    async def _probe(self) -> None:
+        assert self._producer is not None
+        metadata = await self._producer.client.fetch_all_metadata()
+        if not metadata.brokers():
+            raise ConnectionError("no Kafka broker answered a metadata request")
+
+    def _after_failure(self) -> None:
+        """A failed send can leave an idempotent producer's sequence numbers out of step
+        with the broker's (every later send then fails with OutOfOrderSequenceNumber):
+        the next write starts a new producer; this one is stopped in the background.
+        Its late deliveries, if any, carry tweet ids the consumers already deduplicate."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            task = asyncio.ensure_future(self._stop_quietly(producer))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await producer.stop()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+
+# --- consumer source ------------------------------------------------------------------------
+
+
+class KafkaDeadLetters:
+    """Dead letters to the dead-letter topic, each naming its reason and original record."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+        self.producer = producer
+        self.topic = settings.kafka_dead_letter_topic
+
+    async def send(self, letters: Sequence[DeadLetter[Record]]) -> None:
+        futures = []
+        for letter in letters:
+            record = letter.origin
+            headers = [
+                (POISON_REASON_HEADER, letter.reason.encode()),
+                (ORIGINAL_TOPIC_HEADER, record.topic.encode()),
+                (ORIGINAL_PARTITION_HEADER, str(record.partition).encode()),
+                (ORIGINAL_OFFSET_HEADER, str(record.offset).encode()),
+            ]
+            send = self.producer.send(
+                self.topic, value=letter.body, key=record.key, headers=headers
+            )
+            futures.append(await send)
+        await asyncio.gather(*futures)
+
+
+class KafkaSource:
+    """One member of the ``kafka_consumer_group`` group on the tweet topic.
+
+    Offsets are committed after a batch is handled; while a step is retried it pauses its
+    partitions but keeps polling, so the group does not evict it.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        dead_letters: KafkaDeadLetters,
+        settings: Settings,
+        report: Any,
+    ) -> None:
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.settings = settings
+        self.report = report
+
+    async def fetch(self) -> list[Delivery[Record]]:
+        batches = await self.consumer.getmany(
+            timeout_ms=500, max_records=self.settings.consumer_batch_size
+        )
+        return [Delivery(r.value or b"", r) for records in batches.values() for r in records]
+
+    async def hold(self) -> None:
+        """Stop fetching but keep polling so the group does not consider this member dead;
+        put back anything a rebalance let through."""
+        consumer = self.consumer
+        consumer.pause(*consumer.assignment())
+        stray = await consumer.getmany(timeout_ms=0)
+        for tp, records in stray.items():
+            consumer.seek(tp, records[0].offset)
+
+    async def settle(self, batch: Sequence[Delivery[Record]]) -> bool:
+        consumer = self.consumer
+        consumer.resume(*consumer.paused())
+        first: dict[TopicPartition, int] = {}
+        after: dict[TopicPartition, int] = {}
+        for delivery in batch:
+            record = delivery.origin
+            tp = TopicPartition(record.topic, record.partition)
+            first.setdefault(tp, record.offset)
+            after[tp] = record.offset + 1
+        try:
+            await consumer.commit(after)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away (or the broker is gone): the new owner
+            # re-reads from the last commit and the store ignores ids it has counted.
+            self.report(exc, "commit failed; batch will be redelivered")
+            for tp, offset in first.items():
+                if tp in consumer.assignment():
+                    with contextlib.suppress(Exception):
+                        consumer.seek(tp, offset)
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def open_kafka_source(
+    settings: Settings, name: str, report: Any
+) -> AsyncIterator[KafkaSource]:
+    """A consumer-group member plus its dead-letter producer, both closed on exit."""
+    await ensure_kafka_topics(settings)
+    consumer = AIOKafkaConsumer(
+        settings.kafka_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.kafka_consumer_group,
+        client_id=name,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=settings.consumer_batch_size,
+        max_poll_interval_ms=300_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+    )
+    await consumer.start()
+    try:
+        producer = await start_producer(settings, client_id=f"{name}-dlq")
+        try:
+            yield KafkaSource(consumer, KafkaDeadLetters(producer, settings), settings, report)
+        finally:
+            await producer.stop()
+    finally:
+        await consumer.stop()
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+class KafkaProbe:
+    """Consumer-group lag of the tweet topic and the size of the dead-letter topic.
+
+    An admin client reads topic metadata (the health round trip) and the group's
+    committed offsets; a group-less consumer reads beginning/end offsets.
+    """
+
+    def __init__(self, settings: Settings, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._admin: AIOKafkaAdminClient | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        """The two clients, started on first use (aiokafka reconnects them afterwards)."""
+        if self._admin is None or self._offsets is None:
+            servers = self.settings.kafka_bootstrap_servers
+            admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id="weather-monitor")
+            offsets = AIOKafkaConsumer(
+                bootstrap_servers=servers, client_id="weather-monitor", enable_auto_commit=False
+            )
+            try:
+                await admin.start()
+                await offsets.start()
+            except BaseException:
+                await close_quietly(admin.close(), offsets.stop())
+                raise
+            self._admin, self._offsets = admin, offsets
+        return self._admin, self._offsets
+
+    async def _partitions(self, admin: AIOKafkaAdminClient) -> dict[str, list[TopicPartition]]:
+        """Partitions of the tweet and dead-letter topics (a missing topic has none)."""
+        topics = [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic]
+        described = await admin.describe_topics(topics)
+        found = {
+            t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
+            for t in described
+            if not t["error_code"]
+        }
+        return {topic: sorted(found.get(topic, [])) for topic in topics}
+
+    async def _lag(
+        self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> int:
+        if not tps:
+            return 0
+        committed = await admin.list_consumer_group_offsets(
+            self.settings.kafka_consumer_group, partitions=tps
+        )
+        ends = await offsets.end_offsets(tps)
+        starts = await offsets.beginning_offsets(tps)
+        return sum(partition_lag(ends[tp], starts[tp], committed.get(tp)) for tp in tps)
+
+    async def lag(self) -> int:
+        """Messages of the tweet topic the consumer group has not committed yet."""
+        async with asyncio.timeout(self.timeout_s):
+            admin, offsets = await self._clients()
+            tps = (await self._partitions(admin))[self.settings.kafka_topic]
+            return await self._lag(admin, offsets, tps)
+
+    async def read(self) -> dict[str, Any]:
+        """Health, lag and dead letters in one bounded round; errors become the health."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                admin, offsets = await self._clients()
+                partitions = await self._partitions(admin)
+                lag = await self._lag(admin, offsets, partitions[self.settings.kafka_topic])
+                dead = partitions[self.settings.kafka_dead_letter_topic]
+                ends = await offsets.end_offsets(dead) if dead else {}
+                starts = await offsets.beginning_offsets(dead) if dead else {}
+        except Exception as exc:  # started clients stay: aiokafka reconnects them itself
+            return {"health": failed(exc, self.timeout_s), "lag": None, "dead_letters": None}
+        partition_count = len(partitions[self.settings.kafka_topic])
+        return {
+            "health": healthy(f"{partition_count} partitions"),
+            "lag": lag,
+            "dead_letters": sum(ends[tp] - starts[tp] for tp in dead),
+        }
+
+    async def close(self) -> None:
+        admin, offsets = self._admin, self._offsets
+        self._admin = self._offsets = None
+        await close_quietly(admin.close() if admin else None, offsets.stop() if offsets else None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def partition_lag(end: int, start: int, committed: Any) -> int:
+    """End minus the group's position; a partition never committed counts from its start."""
+    position = committed.offset if committed is not None and committed.offset >= 0 else start
+    return max(0, end - max(position, start))
+
+
+async def kafka_lag(settings: Settings, timeout_s: float = TOOLING_TIMEOUT_S) -> int:
+    """One-shot (tooling): end offset minus committed offset of the group, summed."""
+    async with KafkaProbe(settings, timeout_s) as probe:
+        return await probe.lag()

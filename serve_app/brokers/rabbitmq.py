@@ -1,0 +1,410 @@
+"""Everything that speaks AMQP to RabbitMQ: topology, connections, the chunk writer, the
+consumer source, dead letters and the depth probe (aio_pika is imported nowhere else).
+
+Topology: a durable fanout exchange feeding a durable quorum queue with no delivery limit,
+and a dead-letter exchange and queue; the consumers dead-letter poison explicitly, with its
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Self, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from serve_app.brokers.base import POISON_REASON_HEADER, ChunkWriter, DeadLetter, Delivery
+from serve_app.model.codec import Chunk
+from serve_app.model.health import (
+    READ_TIMEOUT_S,
+    TOOLING_TIMEOUT_S,
+    close_quietly,
+    failed,
+    healthy,
+)
+from serve_app.settings import Settings
+
+Message = AbstractIncomingMessage
+"""What a RabbitMQ delivery's ``origin`` is."""
+
+BATCH_WINDOW_S = 0.05
+"""How long a consumer's batch waits to fill up after its first delivery."""
+
+T = TypeVar("T")
+
+
+# --- connections and topology ---------------------------------------------------------------
+
+
+async def connect(
+    settings: Settings,
+    name: str,
+    setup: Callable[[AbstractChannel], Awaitable[T]],
+    *,
+    robust: bool = True,
+    timeout: float | None = None,
+    **channel_options: Any,
+) -> tuple[AbstractConnection, T]:
+    """Open a named connection and one channel, then ``setup`` on it; a failure anywhere
+    closes the connection again. A robust connection re-opens itself and its channels
+    after a broker restart."""
+    opener = aio_pika.connect_robust if robust else aio_pika.connect
+    connection = await opener(
+        settings.rabbitmq_url, timeout=timeout, client_properties={"connection_name": name}
+    )
+    try:
+        channel = await connection.channel(**channel_options)
+        return connection, await setup(channel)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+
+
+def tweet_queue_arguments(settings: Settings, server_version: str) -> dict[str, object]:
+    """A quorum queue that never dead-letters a good tweet: poison is dead-lettered by the
+    consumers, explicitly, with its reason. A delivery limit would also count the
+    redeliveries of good messages after consumer restarts (RabbitMQ 4 sets 20 by default:
+    -1 turns it off; 3.x has none unless asked)."""
+    arguments: dict[str, object] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": settings.rabbitmq_dead_letter_exchange,
+    }
+    major = server_version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 4:
+        arguments["x-delivery-limit"] = -1
+    return arguments
+
+
+async def server_version(channel: AbstractChannel) -> str:
+    """The broker's version, as it announced itself when the connection opened."""
+    underlay = await channel.get_underlay_channel()
+    version = underlay.connection.server_properties.get("version", b"")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+async def declare_rabbit_topology(
+    channel: AbstractChannel, settings: Settings
+) -> tuple[AbstractExchange, AbstractQueue]:
+    """Declare (idempotently) exchange, quorum queue and dead-letter path; return both ends.
+
+    A tweet queue made by an earlier release (with ``x-delivery-limit: 3``) is used as it is
+    (a declaration with other arguments would be refused); README "Migrating the tweet
+    queue" says how to replace it.
+    """
+    dead_letters = await channel.declare_exchange(
+        settings.rabbitmq_dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dlq = await channel.declare_queue(
+        settings.rabbitmq_dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dlq.bind(dead_letters)
+    exchange = await channel.declare_exchange(
+        settings.rabbitmq_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    queue = await _tweet_queue(channel, settings)
+    await queue.bind(exchange)
+    return exchange, queue
+
+
+async def _tweet_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
+        return await channel.declare_queue(
+            settings.rabbitmq_queue,
+            durable=True,
+            arguments=tweet_queue_arguments(settings, await server_version(channel)),
+        )
+    # the refusal closed the channel: reopen it and take the queue as it is
+    await channel.reopen()
+    return await channel.declare_queue(settings.rabbitmq_queue, passive=True)
+
+
+# --- writer ---------------------------------------------------------------------------------
+
+
+class RabbitChunkWriter(ChunkWriter):
+    """One persistent, mandatory message per chunk (any countries) to the durable fanout
+    exchange, each confirmed."""
+
+    broker = "rabbitmq"
+
+    def __init__(self, config: Settings) -> None:
+        super().__init__(config)
+        self._connection: AbstractConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    def _connected(self) -> bool:
+        return self._exchange is not None
+
+    async def _connect(self) -> None:
+        async def declare(channel: AbstractChannel) -> AbstractExchange:
+            exchange, _ = await declare_rabbit_topology(channel, self.settings)
+            return exchange
+
+        # on_return_raises: a message the broker could not route is an error
+        self._connection, self._exchange = await connect(
+            self.settings,
+            "weather-writer",
+            declare,
+            timeout=self.settings.publish_timeout_s,
+            publisher_confirms=True,
+            on_return_raises=True,
+        )
+
+    async def _send(self, chunks: Sequence[Chunk]) -> None:
+        assert self._exchange is not None
+        publish = self._exchange.publish
+        await asyncio.gather(
+            *(
+                publish(
+                    aio_pika.Message(
+                        c.body,
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers={"x-tweets": len(c.ids)},
+                    ),
+                    routing_key="",
+                    mandatory=True,
+                )
+                for c in chunks
+            )
+        )
+
+    async def _probe(self) -> None:
+        assert self._connection is not None
+        if self._connection.is_closed:
+            raise ConnectionError("AMQP connection is closed")
+        channel = await self._connection.channel()
+        try:
+            await channel.get_exchange(self.settings.rabbitmq_exchange, ensure=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+# --- consumer source ------------------------------------------------------------------------
+
+
+class RabbitDeadLetters:
+    """Dead letters on a connection of their own, every publish confirmed within
+    ``publish_timeout_s``: a memory or disk alarm blocks publishing connections, and must
+    never stall the consuming one (whose acks would then never be read)."""
+
+    def __init__(self, settings: Settings, connection_name: str) -> None:
+        self.settings = settings
+        self.connection_name = connection_name
+        self._connection: AbstractConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def _exchange_ready(self) -> AbstractExchange:
+        if self._exchange is None:
+            self._connection, self._exchange = await connect(
+                self.settings,
+                self.connection_name,
+                lambda channel: channel.get_exchange(self.settings.rabbitmq_dead_letter_exchange),
+                timeout=self.settings.publish_timeout_s,
+                publisher_confirms=True,
+            )
+        return self._exchange
+
+    async def send(self, letters: Sequence[DeadLetter[Message]]) -> None:
+        async with asyncio.timeout(self.settings.publish_timeout_s):
+            exchange = await self._exchange_ready()
+            await asyncio.gather(*(exchange.publish(self._message(x), "") for x in letters))
+
+    @staticmethod
+    def _message(letter: DeadLetter[Message]) -> aio_pika.Message:
+        origin = letter.origin
+        headers = dict(origin.headers or {})
+        headers[POISON_REASON_HEADER] = letter.reason
+        return aio_pika.Message(
+            body=letter.body,
+            headers=headers,
+            message_id=letter.id or origin.message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection, self._exchange = None, None
+
+
+class RabbitSource:
+    """A consumer on the quorum queue; a batch is acked after it was handled."""
+
+    def __init__(
+        self,
+        inbox: asyncio.Queue[Message],
+        dead_letters: RabbitDeadLetters,
+        settings: Settings,
+        report: Any,
+    ) -> None:
+        self.inbox = inbox
+        self.dead_letters = dead_letters
+        self.settings = settings
+        self.report = report
+
+    async def fetch(self) -> list[Delivery[Message]]:
+        """Up to ``consumer_batch_size`` deliveries: the first one plus whatever arrives
+        within a short window after it."""
+        inbox = self.inbox
+        try:
+            first = await asyncio.wait_for(inbox.get(), timeout=1.0)
+        except TimeoutError:
+            return []
+        batch = [first]
+        limit = self.settings.consumer_batch_size
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BATCH_WINDOW_S
+        while len(batch) < limit:
+            while len(batch) < limit and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            remaining = deadline - loop.time()
+            if len(batch) >= limit or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(inbox.get(), timeout=remaining))
+            except TimeoutError:
+                break
+        return [Delivery(m.body, m) for m in batch]
+
+    async def hold(self) -> None:
+        """Nothing to do: unacked deliveries stay with this consumer (prefetch bounds them)."""
+
+    async def settle(self, batch: Sequence[Delivery[Message]]) -> bool:
+        """Ack everything up to the last delivery of each live channel (one frame each).
+
+        After a reconnect a batch may hold deliveries of the closed channel too: the broker
+        has requeued those already and the store ignores ids it has counted.
+        """
+        last_per_channel: dict[int, Message] = {}
+        acked_all = True
+        for delivery in batch:
+            try:
+                channel = delivery.origin.channel
+            except Exception:  # channel closed: already requeued by the broker
+                acked_all = False
+                continue
+            last_per_channel[id(channel)] = delivery.origin
+        for message in last_per_channel.values():
+            try:
+                await message.ack(multiple=True)
+            except Exception as exc:
+                self.report(exc, "ack failed; deliveries will be redelivered")
+                acked_all = False
+        return acked_all
+
+
+@contextlib.asynccontextmanager
+async def open_rabbit_source(
+    settings: Settings, name: str, report: Any
+) -> AsyncIterator[RabbitSource]:
+    """A consumer on the tweet queue plus its own dead-letter connection, closed on exit."""
+
+    async def consume_from(channel: AbstractChannel) -> AbstractQueue:
+        await channel.set_qos(prefetch_count=settings.consumer_batch_size * 2)
+        _, queue = await declare_rabbit_topology(channel, settings)
+        return queue
+
+    connection, queue = await connect(settings, name, consume_from)
+    dead_letters = RabbitDeadLetters(settings, f"{name}-dead-letters")
+    try:
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        tag = await queue.consume(inbox.put, no_ack=False)
+        try:
+            yield RabbitSource(inbox, dead_letters, settings, report)
+        finally:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+    finally:
+        await dead_letters.close()
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+class RabbitProbe:
+    """Ready messages in the tweet queue and in the dead-letter queue (passive declares)."""
+
+    def __init__(self, settings: Settings, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def _open_channel(self) -> AbstractChannel:
+        """The open channel; a closed connection or channel (e.g. 404) is reopened."""
+        if self._connection is None or self._connection.is_closed:
+            await self.close()
+
+            async def keep(channel: AbstractChannel) -> AbstractChannel:
+                return channel
+
+            self._connection, self._channel = await connect(
+                self.settings,
+                "weather-monitor",
+                keep,
+                robust=False,
+                timeout=self.timeout_s,
+                publisher_confirms=False,
+            )
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=False)
+        return self._channel
+
+    async def _ready(self, queue: str) -> int:
+        channel = await self._open_channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+    async def depth(self) -> int:
+        """Messages ready in the tweet queue (deliveries not yet acked are not in it)."""
+        async with asyncio.timeout(self.timeout_s):
+            return await self._ready(self.settings.rabbitmq_queue)
+
+    async def read(self) -> dict[str, Any]:
+        """Health, depth and dead letters in one bounded round; errors become the health."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                depth = await self._ready(self.settings.rabbitmq_queue)
+                dead = await self._ready(self.settings.rabbitmq_dead_letter_queue)
+        except Exception as exc:
+            await self.close()
+            return {"health": failed(exc, self.timeout_s), "depth": None, "dead_letters": None}
+        return {"health": healthy(), "depth": depth, "dead_letters": dead}
+
+    async def close(self) -> None:
+        connection = self._connection
+        self._connection = self._channel = None
+        if connection is not None:
+            await close_quietly(connection.close())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def rabbit_depth(settings: Settings, timeout_s: float = TOOLING_TIMEOUT_S) -> int:
+    """One-shot (tooling): messages ready in the tweet queue (excludes unacked deliveries)."""
+    async with RabbitProbe(settings, timeout_s) as probe:
+        return await probe.depth()

@@ -1,0 +1,1 @@
+"""Stage 3: consume (generic loop and batch logic in core, Ray actors, the supervisor)."""

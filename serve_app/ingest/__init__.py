@@ -1,0 +1,1 @@
+"""Stage 1: ingest. REST and gRPC faces over a Ray-free core; the Gateway deployment."""

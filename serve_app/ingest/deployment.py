@@ -1,0 +1,144 @@
+"""The ``Gateway`` deployment: the ingress of application ``ingest`` (HTTP :8000, gRPC :9000).
+
+A thin adapter. The REST face (:mod:`serve_app.ingest.rest`) and the gRPC face
+(:mod:`serve_app.ingest.grpc`) run over one :class:`serve_app.ingest.core.Ingest`, whose two writers
+are the ``KafkaWriter`` and ``RabbitWriter`` deployments passed in with ``.bind()``. What the
+adapter adds is Serve's part: one coalescing layer (``serve.batch``) for both faces, tuned by
+``user_config`` through :meth:`reconfigure`, and the one deadline per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
+
+from serve_app.brokers.kafka import KafkaChunkWriter
+from serve_app.brokers.rabbitmq import RabbitChunkWriter
+from serve_app.errors import PublishFailed
+from serve_app.ingest.core import Ingest, IngestLimits
+from serve_app.ingest.docs import docs_routes
+from serve_app.ingest.grpc import PublisherService
+from serve_app.ingest.rest import build_rest_app
+from serve_app.model.codec import Chunk
+from serve_app.model.schema import Tweet, count_tweets
+from serve_app.pb.weather.v1 import weather_pb2
+from serve_app.runtime import ray_metrics
+from serve_app.settings import Settings
+from serve_app.store.client import both_stores, read_side_by_side
+
+
+class BatchConfig(BaseModel):
+    """The Gateway's ``user_config``: how ``serve.batch`` coalesces concurrent requests."""
+
+    max_batch_tweets: int = Field(default=1000, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+class HandleWriter:
+    """A writer deployment seen through its handle, as :class:`serve_app.ingest.core.Writer`."""
+
+    def __init__(self, broker: str, by_country: bool, handle: DeploymentHandle) -> None:
+        self.broker = broker
+        self.by_country = by_country
+        self._handle = handle
+
+    async def write(self, chunks: Sequence[Chunk], timeout_s: float) -> int:
+        return await self._handle.write.remote(chunks, timeout_s)
+
+    async def health(self, timeout_s: float) -> dict[str, Any]:
+        return await self._handle.health.remote(timeout_s)
+
+
+def limits_from(config: Settings) -> IngestLimits:
+    return IngestLimits(
+        max_body_bytes=config.max_body_bytes,
+        max_batch_tweets=config.max_batch_tweets,
+        max_json_depth=config.max_json_depth,
+        retry_after_s=config.retry_after_s,
+    )
+
+
+@serve.deployment
+@serve.ingress()
+class Gateway:
+    """REST and gRPC in one replica; both brokers written at once for every batch."""
+
+    def __init__(
+        self, kafka_writer: DeploymentHandle, rabbit_writer: DeploymentHandle, config: Settings
+    ) -> None:
+        self.ingest = Ingest(
+            [
+                HandleWriter(KafkaChunkWriter.broker, KafkaChunkWriter.by_country, kafka_writer),
+                HandleWriter(RabbitChunkWriter.broker, RabbitChunkWriter.by_country, rabbit_writer),
+            ],
+            config.tweet_rules,
+            limits_from(config),
+            max_chunk_bytes=config.max_chunk_bytes,
+            publish_timeout_s=config.publish_timeout_s,
+            metrics=ray_metrics(),
+        )
+        self._stores = both_stores(config)
+        self._grpc = PublisherService(self.ingest, self.publish)
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        async def to_dashboard(request: Request) -> RedirectResponse:
+            return RedirectResponse("/dashboard/", status_code=307)
+
+        return build_rest_app(
+            self.ingest,
+            self.publish,
+            lambda latest: read_side_by_side(self._stores, latest),
+            extra_routes=[Route("/", to_dashboard, methods=["GET"]), *docs_routes("/openapi.json")],
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        batching = BatchConfig.model_validate(user_config)
+        largest_request = self.ingest.limits.max_batch_tweets
+        if batching.max_batch_tweets < largest_request:
+            raise ValueError(
+                f"user_config max_batch_tweets={batching.max_batch_tweets} is below "
+                f"MAX_BATCH_TWEETS={largest_request}: a full request could never be batched"
+            )
+        self._coalesced.set_max_batch_size(batching.max_batch_tweets)
+        self._coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    async def publish(self, tweets: list[Tweet]) -> None:
+        """One request's publish: coalesced with its neighbours, bounded by one deadline."""
+        deadline_s = self.ingest.publish_timeout_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self._coalesced(tweets)
+        except TimeoutError:
+            late = f"not confirmed within {deadline_s:g} s"
+            raise PublishFailed({w.broker: late for w in self.ingest.writers}) from None
+
+    @serve.batch(
+        max_batch_size=1000,
+        batch_wait_timeout_s=0.002,
+        max_concurrent_batches=4,
+        batch_size_fn=count_tweets,
+    )
+    async def _coalesced(self, batches: list[list[Tweet]]) -> list[None]:
+        """The one coalescing layer: many requests, one write to each broker."""
+        await self.ingest.publish(list(itertools.chain.from_iterable(batches)))
+        return [None] * len(batches)
+
+    async def Publish(  # noqa: N802 - gRPC method name
+        self, request: weather_pb2.Tweet, grpc_context: Any
+    ) -> weather_pb2.PublishResponse:
+        return await self._grpc.Publish(request, grpc_context)
+
+    async def PublishBatch(  # noqa: N802 - gRPC method name
+        self, request: weather_pb2.TweetBatch, grpc_context: Any
+    ) -> weather_pb2.PublishBatchResponse:
+        return await self._grpc.PublishBatch(request, grpc_context)

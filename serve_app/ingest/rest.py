@@ -1,0 +1,258 @@
+"""Stage 1, REST face: ``POST /input``, ``GET /health``, ``GET /stats``, ``GET /openapi.json``.
+
+A Starlette application over :class:`serve_app.ingest.core.Ingest` (no Ray in here: the
+``Gateway`` deployment serves it, the unit tests call it with Starlette's TestClient).
+Starlette's own routing answers unknown paths with 404 and wrong methods with 405 + ``Allow``.
+
+Every request a client can send gets a 2xx or a 4xx that names what is wrong; a failure on
+our side is a 503 with ``Retry-After`` and the ids to retry with, never a 500. Bodies are
+JSON per RFC 8259: UTF-8 without a byte order mark, no NaN/Infinity, no duplicate keys, at
+most ``max_json_depth`` levels deep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serve_app.errors import PipelineError, PublishFailed, describe
+from serve_app.ingest.core import Ingest, IngestLimits, accept
+from serve_app.ingest.openapi import openapi_document
+from serve_app.model.schema import Tweet, TweetIn, TweetValidationError
+
+log = logging.getLogger("ray.serve")
+
+Publish = Callable[[list[Tweet]], Awaitable[None]]
+ReadStats = Callable[[int], Awaitable[tuple[dict[str, Any], bool]]]
+MAX_LATEST = 1000
+
+
+class HTTPError(PipelineError):
+    """An error answer: status code, a message naming what is wrong, optional details."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        self.status = status
+        self.message = message
+        self.details = details
+        super().__init__(message)
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = {"error": self.message, **self.details}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """``application/json`` (or ``+json``), and if a charset is given it must be UTF-8."""
+    media_type, _, params = (content_type or "").partition(";")
+    media_type = media_type.strip().lower()
+    if not (
+        media_type == "application/json"
+        or (media_type.startswith("application/") and media_type.endswith("+json"))
+    ):
+        raise HTTPError(415, "Content-Type must be application/json")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
+            raise HTTPError(415, f"charset must be utf-8, got {value.strip()!r}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it exceeds ``limit`` (before any parsing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {twice!r}")
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit`` (breadth first, no recursion)."""
+    level, depth = [document], 0
+    while level:
+        containers = [x for x in level if isinstance(x, list | dict)]
+        if not containers:
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+    return False
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """Strict RFC 8259 JSON; every refusal is a 400 naming the problem."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise HTTPError(400, "malformed JSON: a byte order mark is not allowed (RFC 8259)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, f"malformed JSON: not UTF-8 at byte {exc.start}") from None
+    too_deep = HTTPError(400, f"malformed JSON: nested deeper than {max_depth} levels")
+    try:
+        document = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise HTTPError(400, f"malformed JSON: {exc}") from None
+    if _depth_exceeds(document, max_depth):
+        raise too_deep
+    return document
+
+
+def parse_tweets(
+    body: bytes, idempotency_key: str | None, ingest: Ingest
+) -> tuple[list[TweetIn], bool]:
+    """Decode and validate a body holding one tweet or an array of them.
+
+    Returns the validated tweets and whether the body was a batch.
+    """
+    limits = ingest.limits
+    document = parse_json(body, limits.max_json_depth)
+    if isinstance(document, dict):
+        if idempotency_key is not None:
+            if "id" in document and document["id"] != idempotency_key:
+                raise HTTPError(422, "the Idempotency-Key header and the id field differ")
+            document = {**document, "id": idempotency_key}
+        items, is_batch = [document], False
+    elif isinstance(document, list):
+        if idempotency_key is not None:
+            raise HTTPError(422, "Idempotency-Key applies to a single tweet; give each item an id")
+        if not 1 <= len(document) <= limits.max_batch_tweets:
+            raise HTTPError(
+                422, f"a batch holds 1 to {limits.max_batch_tweets} tweets, got {len(document)}"
+            )
+        items, is_batch = document, True
+    else:
+        kind = type(document).__name__ if document is not None else "null"
+        raise HTTPError(
+            422, f"expected a tweet object or an array of tweets as the JSON body, got {kind}"
+        )
+    try:
+        return ingest.validate(items, index_errors=is_batch), is_batch
+    except TweetValidationError as exc:
+        raise HTTPError(422, summarize(exc.errors), details=exc.errors) from None
+
+
+def summarize(errors: Sequence[dict[str, Any]], shown: int = 3) -> str:
+    """The ``error`` of a 422: where the first problems are (field, and index in a batch)."""
+    parts = [f"{_where(e['loc'])}: {e['msg']}" for e in errors[:shown]]
+    more = f" (and {len(errors) - shown} more, see details)" if len(errors) > shown else ""
+    return f"invalid tweet: {'; '.join(parts)}{more}"
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """``weather``, ``tweets[1].weather``, or ``tweets[1]`` when the item itself is wrong."""
+    index = [f"tweets[{part}]" for part in loc if isinstance(part, int)]
+    fields = [str(part) for part in loc if not isinstance(part, int)]
+    return ".".join(index + fields) or "tweet"
+
+
+def unavailable(message: str, ids: Sequence[str], limits: IngestLimits, **details: Any) -> Response:
+    """503 + Retry-After + the ids: the one answer for any failure on our side."""
+    error = HTTPError(503, f"{message}; retry with the same ids", ids=list(ids), **details)
+    return error.response({"Retry-After": str(limits.retry_after_s)})
+
+
+def build_rest_app(
+    ingest: Ingest,
+    publish: Publish,
+    read_stats: ReadStats,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The REST face. ``publish`` owns the deadline (the Gateway's coalesced write);
+    ``read_stats(latest)`` returns both stores' counts and whether all answered."""
+    limits = ingest.limits
+    counted = ingest.face_metrics("rest")
+
+    async def post_input(request: Request) -> Response:
+        try:
+            return await take_input(request)
+        except HTTPError as exc:
+            counted.rejected(str(exc.status))
+            raise
+
+    async def take_input(request: Request) -> Response:
+        check_content_type(request.headers.get("content-type"))
+        body = await read_body(request, limits.max_body_bytes)
+        tweets, is_batch = parse_tweets(body, request.headers.get("idempotency-key"), ingest)
+        accepted = accept(tweets)
+        ids = [t.id for t in accepted]
+        try:
+            await publish(accepted)
+        except PublishFailed as exc:
+            counted.unavailable("503", exc)
+            return unavailable(str(exc), ids, limits, brokers=exc.reasons)
+        except Exception as exc:  # a dead writer, a bug: still ours, still retryable
+            log.warning("publish failed: %s", describe(exc), exc_info=exc)
+            counted.unavailable("503", exc)
+            return unavailable(f"publish failed ({describe(exc)})", ids, limits)
+        counted.accepted(len(ids))
+        if is_batch:
+            return JSONResponse({"accepted": len(ids), "ids": ids}, status_code=202)
+        return JSONResponse({"accepted": 1, "id": ids[0]}, status_code=202)
+
+    async def get_health(request: Request) -> Response:
+        brokers = await ingest.health()
+        healthy = all(b["ok"] for b in brokers.values())
+        body = {"status": "ok" if healthy else "unavailable", "app": {"ok": True}, **brokers}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def get_stats(request: Request) -> Response:
+        raw_latest = request.query_params.get("latest", "0")
+        digits = raw_latest.isascii() and raw_latest.isdigit() and len(raw_latest) <= 6
+        if not (digits and int(raw_latest) <= MAX_LATEST):
+            raise HTTPError(400, f"latest must be a whole number 0-{MAX_LATEST}")
+        stats, complete = await read_stats(int(raw_latest))
+        return JSONResponse(stats, status_code=200 if complete else 503)
+
+    async def get_openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(limits))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return exc.response()
+
+    async def starlette_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
+        body = {"error": message.get(exc.status_code, exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    routes: list[BaseRoute] = [
+        Route("/input", post_input, methods=["POST"]),
+        Route("/health", get_health, methods=["GET"]),
+        Route("/stats", get_stats, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPError: http_error, HTTPException: starlette_error},
+    )

@@ -1,0 +1,1 @@
+"""What every stage shares: the tweet schema, the broker message codec, metric names, health."""

@@ -1,0 +1,179 @@
+"""Stage 4, the stores' client: idempotent batch writes and consistent reads, one Redis
+protocol client per store (redis-py is imported nowhere else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from serve_app.errors import describe
+from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
+from serve_app.settings import Settings
+from serve_app.store.core import KEYS, CountedTweet, RecordResult
+
+# One atomic round trip per batch. For each tweet not seen before (SET NX with a TTL, the
+# value a fingerprint of its content), bump every counter and push it on the capped latest
+# list. An id seen before with the same content (a redelivery, a client's retry) changes
+# nothing; with other content it is a conflict: never counted, returned so the consumer
+# dead-letters it, and counted once in tweets:conflicts (its own marker, so a redelivered
+# conflict is not counted again). Markers of older releases hold '1': same content assumed.
+_RECORD_BATCH_LUA = """
+local ttl = tonumber(ARGV[1])
+local latest_len = tonumber(ARGV[2])
+local seen_prefix, conflict_prefix = ARGV[3], ARGV[4]
+local new, duplicates, conflicts = 0, 0, {}
+for i = 5, #ARGV, 5 do
+  local id, fp, country, weather, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if redis.call('SET', seen_prefix .. id, fp, 'NX', 'EX', ttl) then
+    new = new + 1
+    redis.call('HINCRBY', KEYS[2], country, 1)
+    redis.call('HINCRBY', KEYS[3], weather, 1)
+    redis.call('HINCRBY', KEYS[4], country .. ':' .. weather, 1)
+    redis.call('LPUSH', KEYS[5], body)
+  else
+    local seen = redis.call('GET', seen_prefix .. id)
+    if seen == false or seen == fp or seen == '1' then
+      duplicates = duplicates + 1
+    else
+      conflicts[#conflicts + 1] = id
+      if redis.call('SET', conflict_prefix .. id .. ':' .. fp, '1', 'NX', 'EX', ttl) then
+        redis.call('INCR', KEYS[6])
+      end
+    end
+  end
+end
+if new > 0 then
+  redis.call('INCRBY', KEYS[1], new)
+  redis.call('LTRIM', KEYS[5], 0, latest_len - 1)
+end
+return {new, duplicates, conflicts}
+"""
+
+
+StoreClient = aioredis.Redis
+"""A Redis-protocol client (Redis or Valkey); the type other stages may name."""
+
+
+def connect(host: str, port: int, password: str = "") -> aioredis.Redis:
+    """One client per process; redis-py pools and reconnects by itself."""
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        password=password or None,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+    )
+
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    return connect(settings.redis_host, settings.redis_port, settings.redis_password)
+
+
+def connect_valkey(settings: Settings) -> aioredis.Redis:
+    return connect(settings.valkey_host, settings.valkey_port, settings.valkey_password)
+
+
+class TweetStore:
+    """Idempotent writes and consistent reads of the counters in one Redis-protocol store."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self._record = client.register_script(_RECORD_BATCH_LUA)
+        self._ttl = settings.seen_id_ttl_s
+        self._latest_len = settings.latest_tweets_length
+
+    async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+        """Count every tweet whose id this store has not seen (one atomic script)."""
+        if not tweets:
+            return RecordResult()
+        args: list[Any] = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix]
+        for t in tweets:
+            args.extend((t.id, t.fingerprint, t.country, t.weather, t.body))
+        keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,
+                KEYS.latest, KEYS.conflicts]  # fmt: skip
+        new, duplicates, conflicts = await self._record(keys=keys, args=args)
+        return RecordResult(int(new), int(duplicates), tuple(conflicts))
+
+    async def read_stats(self, latest: int = 0) -> dict[str, Any]:
+        """Totals and breakdowns read in one MULTI so they agree with each other."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(KEYS.total)
+            pipe.hgetall(KEYS.by_country)
+            pipe.hgetall(KEYS.by_weather)
+            pipe.hgetall(KEYS.by_country_weather)
+            pipe.get(KEYS.conflicts)
+            if latest:
+                pipe.lrange(KEYS.latest, 0, latest - 1)
+            results = await pipe.execute()
+        stats: dict[str, Any] = {
+            "total": int(results[0] or 0),
+            "by_country": _ints(results[1]),
+            "by_weather": _ints(results[2]),
+            "by_country_weather": _ints(results[3]),
+            "conflicts": int(results[4] or 0),
+        }
+        if latest:
+            stats["latest"] = [json.loads(raw) for raw in results[5]]
+        return stats
+
+    async def latest_length(self) -> int:
+        return int(await self.client.llen(KEYS.latest))
+
+
+def both_stores(settings: Settings) -> dict[str, TweetStore]:
+    """Redis (fed by Kafka) and Valkey (fed by RabbitMQ), named as ``GET /stats`` names them."""
+    return {
+        "redis": TweetStore(connect_redis(settings), settings),
+        "valkey": TweetStore(connect_valkey(settings), settings),
+    }
+
+
+async def read_side_by_side(
+    stores: dict[str, TweetStore], latest: int = 0
+) -> tuple[dict[str, Any], bool]:
+    """Every store's counts, read at the same time; a store that is down is reported as
+    ``{"error": ...}`` and the other is still shown. Returns the stats and whether all
+    answered."""
+
+    async def read(tweet_store: TweetStore) -> dict[str, Any]:
+        try:
+            return await tweet_store.read_stats(latest=latest)
+        except Exception as exc:
+            return {"error": describe(exc)}
+
+    names = list(stores)
+    results = await asyncio.gather(*(read(stores[n]) for n in names))
+    return dict(zip(names, results, strict=True)), not any("error" in r for r in results)
+
+
+def _ints(mapping: dict[str, str]) -> dict[str, int]:
+    return {k: int(v) for k, v in sorted(mapping.items())}
+
+
+class StoreProbe:
+    """PING plus memory and ops/s of one Redis-protocol store, on the store's own client."""
+
+    def __init__(self, client: aioredis.Redis, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def read(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.ping()
+                memory = await self.client.info("memory")
+                stats = await self.client.info("stats")
+        except Exception as exc:
+            return {"health": failed(exc, self.timeout_s), "used_memory": None, "ops_per_sec": None}
+        return {
+            "health": healthy(),
+            "used_memory": int(memory["used_memory"]),
+            "ops_per_sec": int(stats["instantaneous_ops_per_sec"]),
+        }
