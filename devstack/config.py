@@ -8,10 +8,14 @@ what the application connects to.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serve_app.settings import Settings
 
 LOCALHOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +66,16 @@ class StackConfig(BaseSettings):
 
 
 stack_config = StackConfig()
+
+
+@functools.cache
+def app_settings() -> Settings:
+    """The application's settings as the tooling sees them (environment and defaults): the
+    stack binds what the application connects to. Built on first use, never at import."""
+    return Settings()
+
+
+def stack_env() -> dict[str, str]:
+    """Our environment plus the state directory, which marks every process of the stack
+    (what tests/stack/test_exposure.py looks for)."""
+    return {**os.environ, "DEVSTACK_DIR": str(stack_config.state_dir)}

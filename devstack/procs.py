@@ -1,4 +1,4 @@
-"""Process bookkeeping for the local stack: pid files, liveness, ports, signals.
+"""Process bookkeeping for the local stack: pid files, liveness, ports, signals (psutil).
 
 A pid file holds ``"<pid> <starttime>"`` (starttime from ``/proc/<pid>/stat``), so a
 recycled pid never passes for one of ours. Nothing here looks processes up by name.
@@ -9,26 +9,35 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 
-def _stat_fields(pid: int) -> list[str] | None:
+from devstack.waits import poll
+
+GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's starttime in clock ticks, as pid files hold it.
+
+    Read by hand: psutil only offers ``create_time()``, a float of seconds rebuilt from this
+    integer and the boot time, and pid files written before (also by devstack/cluster) hold
+    the integer itself."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None  # field 22 of stat
+    # comm (field 2) may contain spaces and parentheses: field 22 counts from the last ')'
+    return int(raw[raw.rfind(")") + 2 :].split()[19])
 
 
 def reap(pid: int) -> None:
@@ -39,25 +48,48 @@ def reap(pid: int) -> None:
 
 def alive(pid: int, started: int | None = None) -> bool:
     reap(pid)
-    fields = _stat_fields(pid)
-    if not fields or fields[0] in ("Z", "X"):
+    try:
+        if psutil.Process(pid).status() in GONE:
+            return False
+    except psutil.Error:
         return False
-    return started is None or int(fields[19]) == started
+    return started is None or start_time(pid) == started
 
 
 def proc_name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return "?"
 
 
 def cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def venv_bin(tool: str) -> str:
+    """A console script installed next to the running interpreter (.venv/bin/...)."""
+    candidate = Path(sys.executable).parent / tool
+    return str(candidate) if candidate.exists() else (shutil.which(tool) or tool)
+
+
+def run_logged(
+    cmd: list[str], *, log: Path, env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to the end with stdout+stderr captured and appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        out.write(f"\n==== devstack: {' '.join(cmd)} at {time.ctime()} ====\n")
+        out.flush()
+        result = subprocess.run(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        )  # fmt: skip
+        out.write(result.stdout)
+    return result
 
 
 class PidFile:
@@ -88,91 +120,70 @@ class PidFile:
         self.path.unlink(missing_ok=True)
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True)
 class Listener:
-    """A LISTEN socket: its local address, port and socket inode."""
+    """A LISTEN socket: its local address and port, and the pid holding it (None: not
+    visible to us)."""
 
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    address: Address
     port: int
-    inode: int
+    pid: int | None
 
     @property
     def loopback_only(self) -> bool:
         return is_loopback(self.address)
 
 
-def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def is_loopback(address: Address) -> bool:
     """Loopback, also as an IPv4 address mapped into IPv6 (``::ffff:127.0.0.1``)."""
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
 
 
-def _hex_address(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """/proc/net/tcp{,6} addresses: little-endian 32-bit words in hex."""
-    words = bytes.fromhex(raw)
-    packed = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
-    return ipaddress.ip_address(packed)
-
-
 def listeners() -> list[Listener]:
     """Every TCP LISTEN socket on the machine (IPv4 and IPv6)."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10 or cols[3] != "0A":  # 0A = LISTEN
-                continue
-            address, port = cols[1].rsplit(":", 1)
-            found.append(Listener(_hex_address(address), int(port, 16), int(cols[9])))
-    return found
-
-
-def listening_inodes() -> dict[int, set[int]]:
-    """port -> socket inodes of LISTEN sockets (IPv4 and IPv6)."""
-    result: dict[int, set[int]] = {}
-    for listener in listeners():
-        result.setdefault(listener.port, set()).add(listener.inode)
-    return result
-
-
-def socket_owners() -> dict[int, int]:
-    """socket inode -> pid of a process holding it (processes we may inspect)."""
-    owners: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        owners.setdefault(int(target[8:-1]), int(entry.name))
-        except OSError:
-            continue
-    return owners
+    return [
+        Listener(ipaddress.ip_address(c.laddr.ip), c.laddr.port, c.pid)
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
 
 
 def port_owner(port: int) -> int | None:
-    """Pid of a process listening on ``port`` (any address), if any can be found."""
-    inodes = listening_inodes().get(port)
-    if not inodes:
+    """Pid of a process listening on ``port`` (any address); -1 if its owner is not visible."""
+    found = [lsn for lsn in listeners() if lsn.port == port]
+    if not found:
         return None
-    owners = socket_owners()
-    return next((owners[i] for i in inodes if i in owners), -1)  # -1: owner not visible
+    return next((lsn.pid for lsn in found if lsn.pid), -1)
+
+
+def listening_ports() -> set[int]:
+    return {lsn.port for lsn in listeners()}
 
 
 def port_listening(port: int) -> bool:
-    return port in listening_inodes()
+    return port in listening_ports()
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    # not psutil.wait_procs: it waits out a zombie that is not our child, which alive() reaps
+    # or calls gone
+    poll(lambda: not any(alive(p) for p in pids), timeout=timeout, every=0.05)
 
 
 def terminate(pids: Iterable[int], timeout: float = 30.0, group: bool = True) -> None:
@@ -184,24 +195,12 @@ def terminate(pids: Iterable[int], timeout: float = 30.0, group: bool = True) ->
     """
     pids = [p for p in pids if alive(p)]
     leaders = [p for p in pids if group and _sid(p) == p]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    # leftovers in the sessions we started (erl_child_setup, inet_gethost, ...)
-    stragglers = session_members(leaders)
-    for pid in stragglers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(alive(p) for p in [*pids, *stragglers]):
-        time.sleep(0.05)
+    _signal(pids, signal.SIGTERM)
+    _wait_gone(pids, timeout)
+    _signal([p for p in pids if alive(p)], signal.SIGKILL)
+    stragglers = session_members(leaders)  # erl_child_setup, inet_gethost, ...
+    _signal(stragglers, signal.SIGKILL)
+    _wait_gone([*pids, *stragglers], 5)
 
 
 def _sid(pid: int) -> int | None:
@@ -213,16 +212,10 @@ def _sid(pid: int) -> int | None:
 
 def session_members(sids: Iterable[int]) -> list[int]:
     """Live pids whose session id is one of ``sids`` (sessions our servers lead)."""
-    wanted = {str(s) for s in sids}
+    wanted = set(sids)
     if not wanted:
         return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields and fields[3] in wanted and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+    return [p for p in psutil.pids() if _sid(p) in wanted and alive(p)]
 
 
 def tail(path: Path, lines: int = 40) -> str:

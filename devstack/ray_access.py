@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.config import stack_config
+from devstack.config import REPO, app_settings, stack_config, stack_env
+
+RAY_SITE = REPO / "devstack" / "ray_site"
 
 TOKEN_BYTES = 32  # as ray._private.authentication.authentication_token_generator
 
@@ -66,3 +68,19 @@ def dashboard_json(path: str, timeout: float = 5.0) -> Any:
     )
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def ray_env() -> dict[str, str]:
+    """The environment of every Ray process and Ray/Serve CLI call of the stack."""
+    return {
+        **stack_env(),
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # gRPC messages as large as a REST body may be, not Serve's default 2 GiB
+        "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(app_settings().max_body_bytes),
+        # Serve's own wildcard listeners bind loopback too (see the module there);
+        # the repo comes next so workers import serve_app and loadtest alike.
+        "PYTHONPATH": os.pathsep.join([str(RAY_SITE), str(REPO)]),
+        # the token, and node address 127.0.0.1 where Ray binds its own servers
+        **client_env(),
+    }

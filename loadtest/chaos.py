@@ -30,13 +30,15 @@ import httpx
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from devstack import procs, stack
-from devstack.config import stack_config
-from loadtest import retrying, serveops
+from devstack import procs, serve_ops, stack
+from devstack.config import app_settings, stack_config
+from devstack.waits import apoll
+from loadtest import retrying
 from loadtest.tweets import TweetFactory
-from serve_app.monitor import Monitor
-from serve_app.settings import settings
-from serve_app.store import both_stores, read_side_by_side
+from serve_app.dashboard.sources import Monitor
+from serve_app.store.client import both_stores, read_side_by_side
+
+settings = app_settings()
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOAD_S = 16.0
@@ -134,12 +136,7 @@ async def _burst(ctx: Context, tweets: int) -> None:
 async def _held_deliveries(wait_s: float = 10.0) -> int:
     """Deliveries the frozen RabbitMQ consumer holds unacked (the broker keeps pushing up
     to the prefetch to a consumer that no longer reads); waits a little for them."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        held = await asyncio.to_thread(_rabbit_unacked)
-        if held or time.monotonic() >= deadline:
-            return held
-        await asyncio.sleep(0.5)
+    return await apoll(lambda: asyncio.to_thread(_rabbit_unacked), timeout=wait_s, every=0.5)
 
 
 async def _totals() -> dict[str, int]:
@@ -175,7 +172,7 @@ async def consumers_kill(ctx: Context) -> None:
 
 
 async def gateway_kill(ctx: Context) -> None:
-    apps = serveops.applications()
+    apps = serve_ops.applications()
     replicas = apps["ingest"]["deployments"]["Gateway"]["replicas"]
     pid = next(r["pid"] for r in replicas if r["state"] == "RUNNING")
     os.kill(pid, signal.SIGKILL)
@@ -247,13 +244,11 @@ QUICK = ("redis_kill", "valkey_kill", "kafka_stop")
 
 # --- one round ----------------------------------------------------------------------------
 async def _quiesce(timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
+    def drained(backlog: dict[str, Any]) -> bool:
+        return backlog["kafka"].get("lag") == 0 and backlog["rabbitmq"].get("depth") == 0
+
     async with Monitor(settings, {}) as monitor:
-        while time.monotonic() < deadline:
-            backlog = await monitor.read()
-            if backlog["kafka"].get("lag") == 0 and backlog["rabbitmq"].get("depth") == 0:
-                return
-            await asyncio.sleep(0.5)
+        await apoll(monitor.read, drained, timeout=timeout_s, every=0.5)
 
 
 async def _snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -289,7 +284,7 @@ class GrowthWatch:
 
     async def run(self, until: float) -> None:
         stores = both_stores(settings)
-        try:
+        try:  # a sampler, not a wait: it runs to ``until`` whatever it reads
             while time.monotonic() < until:
                 with_errors = await read_side_by_side(stores)
                 stats = with_errors[0]
@@ -333,18 +328,14 @@ async def run_round(name: str) -> dict[str, Any]:
     accepted = len(result.accepted_ids | ctx.extra_ids)
 
     async def counted() -> bool:
-        stats, _ = await _snapshot()
+        try:
+            stats, _ = await _snapshot()
+        except Exception:  # noqa: BLE001 - a store may still be coming back
+            return False
         grown = _grown(before["redis"], stats["redis"]), _grown(before["valkey"], stats["valkey"])
         return grown[0]["total"] >= accepted and grown[1]["total"] >= accepted
 
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if await counted():
-                break
-        except Exception:  # a store may still be coming back
-            pass
-        await asyncio.sleep(0.5)
+    await apoll(counted, timeout=DRAIN_TIMEOUT_S, every=0.5)
     caught_up_at = time.monotonic()
     await asyncio.sleep(2)  # anything counted twice would show up now
     after, dead_after = await _snapshot()

@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.serveops import GRPC_TARGET
+from devstack.config import stack_config
 from loadtest.tweets import TweetFactory
 
 PIPELINE_APP = "ingest"
+GRPC_TARGET = stack_config.serve_grpc_target
 
 
 @dataclass

@@ -19,20 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.serveops import HTTP_BASE, REPO, http_stats, stats_totals, venv_bin
+from devstack.config import REPO
+from devstack.procs import venv_bin
+from devstack.waits import poll
+from loadtest.counters import HTTP_BASE, http_stats, stats_totals
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def wait_drained(before: tuple[int, int], accepted: int, timeout: float) -> tuple[int, int]:
     """Poll /stats until both deltas reach ``accepted`` (or ``timeout``); return deltas."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def deltas() -> tuple[int, int]:
         r, v = stats_totals(http_stats())
-        deltas = (r - before[0], v - before[1])
-        if min(deltas) >= accepted or time.monotonic() >= deadline:
-            return deltas
-        time.sleep(0.5)
+        return r - before[0], v - before[1]
+
+    return poll(deltas, lambda d: min(d) >= accepted, timeout=timeout, every=0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from loadtest.serveops import HTTP_BASE, Counters
+from loadtest.counters import HTTP_BASE, Counters
 from loadtest.tweets import TweetFactory
 
 

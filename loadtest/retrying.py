@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from devstack.config import stack_config
+from devstack.waits import apoll
 from loadtest.tweets import TweetFactory
 
 RETRY_PAUSE_S = 0.25
@@ -37,27 +38,31 @@ async def send_until_accepted(
     client: httpx.AsyncClient, batch: list[dict[str, Any]], result: RetryingResult,
     give_up_at: float,
 ) -> None:  # fmt: skip
-    first = True
-    while True:
+    """POST ``batch`` until a 202, every ``RETRY_PAUSE_S``, giving up at ``give_up_at``."""
+
+    sent = 0
+
+    async def attempt() -> int | None:
+        nonlocal sent
+        result.retries += sent > 0
         result.requests += 1
-        if not first:
-            result.retries += 1
-        first = False
+        sent += 1
         try:
             response = await client.post("/input", json=batch)
-            what = str(response.status_code)
         except httpx.HTTPError as exc:
-            response, what = None, type(exc).__name__
-        result.count(what)
-        if response is not None and response.status_code == 202:
-            result.accepted_ids.update(t["id"] for t in batch)
-            return
-        if response is not None and 400 <= response.status_code < 500:
+            result.count(type(exc).__name__)
+            return None
+        result.count(str(response.status_code))
+        if 400 <= response.status_code < 500:
             raise AssertionError(f"the pipeline refused a valid batch: {response.text[:300]}")
-        if time.monotonic() >= give_up_at:
-            result.gave_up += 1
-            return
-        await asyncio.sleep(RETRY_PAUSE_S)
+        return response.status_code
+
+    timeout = max(0.0, give_up_at - time.monotonic())
+    status = await apoll(attempt, lambda got: got == 202, timeout=timeout, every=RETRY_PAUSE_S)
+    if status == 202:
+        result.accepted_ids.update(t["id"] for t in batch)
+    else:
+        result.gave_up += 1
 
 
 async def run(

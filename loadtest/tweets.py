@@ -11,7 +11,9 @@ import os
 import random
 import uuid
 
-from serve_app.settings import settings
+from devstack.config import app_settings
+
+settings = app_settings()
 
 COUNTRIES = ("GT", "HN", "SV", "NI", "CR", "PA", "BZ")
 COUNTRY_WEIGHTS = (4, 3, 2, 2, 2, 2, 1)

@@ -3,9 +3,11 @@
     python -m loadtest.verify [--wait 60]     (or `make verify`)
 
 Compares the two stores key by key (total, by country, by weather, country × weather,
-conflicts) and exits 1 naming every difference, 0 when they agree. ``--wait`` first waits
-(bounded) until nothing is left to drain and the stores agree, for use right after a load
-or a fault.
+conflicts) and exits 1 naming every difference, 0 when they agree. It also fails, naming
+them, on broker records a consumer had to skip (deleted by the broker before they were read:
+``tweets:skipped``, never silent) and on dead letters still parked in a store (the
+dead-letter broker has not taken them yet). ``--wait`` first waits (bounded) until nothing
+is left to drain and the stores agree, for use right after a load or a fault.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from typing import Any
 
-from serve_app.monitor import Monitor
-from serve_app.settings import settings
-from serve_app.store import both_stores, read_side_by_side
+from devstack.config import app_settings
+from devstack.waits import apoll
+from serve_app.dashboard.sources import Monitor
+from serve_app.store.client import both_stores, read_side_by_side
+
+settings = app_settings()
 
 COMPARED = ("total", "conflicts", "by_country", "by_weather", "by_country_weather")
 
@@ -39,24 +43,40 @@ def differences(redis: dict[str, Any], valkey: dict[str, Any]) -> list[str]:
     return found
 
 
+def unsettled(name: str, stats: dict[str, Any]) -> list[str]:
+    """Skipped records and parked dead letters of one store, one line each."""
+    found = [
+        f"{name}: {count} records of {source} skipped (deleted by the broker before read)"
+        for source, count in stats.get("skipped", {}).items()
+        if count
+    ]
+    if stats.get("parked_dead_letters"):
+        found.append(f"{name}: {stats['parked_dead_letters']} dead letters still parked")
+    return found
+
+
 async def compare(wait_s: float = 0.0) -> list[str]:
     """The differences once drained and equal, or as they stand when ``wait_s`` ran out."""
     stores = both_stores(settings)
     monitor = Monitor(settings, {})
-    deadline = time.monotonic() + wait_s
+
+    async def look() -> tuple[list[str], bool]:
+        stats, complete = await read_side_by_side(stores)
+        found = (
+            differences(stats["redis"], stats["valkey"])
+            + [line for n, s in stats.items() for line in unsettled(n, s)]
+            if complete
+            else [f"{n}: {s['error']}" for n, s in stats.items() if "error" in s]
+        )
+        backlog = await monitor.read()
+        drained = backlog["kafka"].get("lag") == 0 and backlog["rabbitmq"].get("depth") == 0
+        return found, drained
+
     try:
-        while True:
-            stats, complete = await read_side_by_side(stores)
-            found = (
-                differences(stats["redis"], stats["valkey"])
-                if complete
-                else [f"{n}: {s['error']}" for n, s in stats.items() if "error" in s]
-            )
-            backlog = await monitor.read()
-            drained = backlog["kafka"].get("lag") == 0 and backlog["rabbitmq"].get("depth") == 0
-            if (not found and drained) or time.monotonic() >= deadline:
-                return found
-            await asyncio.sleep(0.5)
+        found, _ = await apoll(
+            look, lambda seen: not seen[0] and seen[1], timeout=wait_s, every=0.5
+        )
+        return found
     finally:
         await monitor.close()
         for store in stores.values():

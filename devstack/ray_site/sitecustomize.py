@@ -7,7 +7,7 @@ servers bind the node address, 127.0.0.1 here, and Serve's HTTP proxy binds
 replicas' direct-ingress and inter-deployment ports) on ``[::]`` whatever the host, and
 its HAProxy template puts stats and metrics on ``*``. Neither has a setting, so the two
 modules are adjusted as they load: wildcard addresses become 127.0.0.1.
-``tests/test_exposure.py`` fails, naming the listener, if anything still escapes.
+``tests/stack/test_exposure.py`` fails, naming the listener, if anything still escapes.
 
 It replaces the interpreter's own ``sitecustomize`` for these processes only; Debian's
 installs an apport crash hook, which Ray's processes do not need.

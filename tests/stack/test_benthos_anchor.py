@@ -14,22 +14,29 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import aio_pika
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from loadtest.benthos import build, run_anchor
-from loadtest.benthos.run import RunningAnchor, running_anchor
+from loadtest.benthos.config import AnchorNames
+from loadtest.benthos.run import RunningAnchor, cleanup, running_anchor
 
 GOOD = {"description": "Llueve", "country": "GT", "weather": "Lluvioso"}
+# Not the benchmark's names: a bench run at the same time is neither counted nor purged.
+TEST_NAME = "test-anchor-tweets"
+NAMES = AnchorNames(topic=TEST_NAME, exchange=TEST_NAME, queue=TEST_NAME)
 
 
 @pytest.fixture(scope="module")
-def benthos_built() -> None:
+def benthos_built() -> Iterator[None]:
     if not build.binary().exists() and not (os.environ.get("GO") or shutil.which("go")):
         pytest.skip("no Go toolchain and no cached Benthos build")
     build.build()
+    yield
+    asyncio.run(cleanup(NAMES))
 
 
 def _post(url: str, body: bytes) -> tuple[int, bytes]:
@@ -76,7 +83,7 @@ async def _queued(anchor: RunningAnchor, limit: int) -> list[aio_pika.IncomingMe
 
 @pytest.mark.timeout(1800)  # a cold build is minutes
 def test_single_tweet_run_is_verified_in_both_brokers(benthos_built) -> None:
-    result = run_anchor("single", duration_s=2.0, connections=16)
+    result = run_anchor("single", duration_s=2.0, connections=16, names=NAMES)
     print(result)
     assert result.accepted > 0 and result.non_202 == 0 and result.socket_errors == 0
     assert result.kafka_records == result.accepted == result.rabbitmq_messages
@@ -86,7 +93,7 @@ def test_single_tweet_run_is_verified_in_both_brokers(benthos_built) -> None:
 
 @pytest.mark.timeout(300)
 async def test_bad_input_is_refused_and_arrays_split_per_tweet(benthos_built) -> None:
-    async with running_anchor("stack-test") as anchor:
+    async with running_anchor("stack-test", names=NAMES) as anchor:
         bad = [b"not json", b"[]", json.dumps([GOOD, {**GOOD, "country": "XX"}]).encode()]
         for body in bad:
             status, answer = await asyncio.to_thread(_post, anchor.url, body)

@@ -464,3 +464,100 @@ async def test_burst_drains_quickly(
         + f"; kafka lag {lag}, rabbit depth {depth}"
     )
     await assert_counts_grow(stores, before, expected_delta(tweets))
+
+
+async def test_hostile_messages_are_dead_lettered_and_good_tweets_still_count(
+    consumers_app: Any, brokers: Brokers, stores: dict[str, TweetStore]
+) -> None:
+    """Values a dead-letter publish cannot carry as they are (an id longer than an AMQP
+    shortstr, lone surrogates in the id and in a field name, odd and huge AMQP header
+    values): each message is dead-lettered, and nothing stops the good tweets."""
+    marker = uuid.uuid4().hex
+    hostile = (
+        '{"v":2,"tweets":[{"id":"' + "h" * 300 + marker + '\\ud800","description":"x",'
+        '"country":"GT","weather":"Soleado","\\udfff":1}]}'
+    ).encode()
+    odd_headers = {
+        "huge": "y" * 60_000,
+        "when": datetime.now(UTC).replace(microsecond=0),
+        "nested": {"list": [1, "\u00e9", b"\xff"]},
+        "bytes": b"\xff\xfe",
+    }
+    good = make_tweets(300, "after-hostile")
+    before = await snapshot(stores)
+    await brokers.kafka_raw([(b"\xff" * 2000, hostile)])
+    assert brokers.exchange
+    await brokers.exchange.publish(
+        aio_pika.Message(body=hostile, headers=odd_headers, message_id="m" * 255),  # type: ignore[arg-type]
+        routing_key="",
+    )
+    await brokers.publish(good)
+    await assert_counts_grow(stores, before, expected_delta(good))
+    await wait_until(_is_drained, "kafka lag 0 and rabbit depth 0")
+    report = await supervisor_health(consumers_app)
+    for status in report["actors"].values():
+        assert status["running"] and not status["retrying"], status
+        assert status["parked_dead_letters"] == 0, status
+
+
+async def _consumer_report() -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(f"{stack_config.serve_http_url}/consumers")
+    return response.json()
+
+
+async def _all_on_version(changed_from: str | None = None) -> bool:
+    report = await _consumer_report()
+    version = report.get("config_version")
+    return (
+        version is not None
+        and version != changed_from
+        and report["healthy"]
+        and all(s.get("config_version") == version and s["connected"]
+                for s in report["actors"].values())
+    )  # fmt: skip
+
+
+async def test_a_redeploy_with_other_settings_replaces_the_consumers(
+    consumers_app: Any, brokers: Brokers, stores: dict[str, TweetStore], tmp_path: Any
+) -> None:
+    """Consumers run what was deployed: other ``args:`` reach the actors (replaced, no lost
+    progress: every tweet published across both redeploys counts exactly once)."""
+    import yaml
+
+    from devstack import stack
+
+    await wait_until(_all_on_version, "consumers on the deployed version", timeout=90)
+    deployed = (await _consumer_report())["config_version"]
+    ray_stack = stack.get("ray")
+    config = yaml.safe_load(ray_stack.deployed_config().read_text())  # type: ignore[attr-defined]
+    [app] = [a for a in config["applications"] if a["name"] == "consumers"]
+    app["args"] = {**(app.get("args") or {}), "consumer_batch_size": 77}
+    variant = tmp_path / "consumers-variant.yaml"
+    variant.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    tweets = make_tweets(3000, "redeploy")
+    before = await snapshot(stores)
+
+    async def stream() -> None:
+        for i in range(0, len(tweets), 100):
+            await brokers.publish(tweets[i : i + 100])
+            await asyncio.sleep(0.2)
+
+    producing = asyncio.create_task(stream())
+    try:
+        await asyncio.to_thread(ray_stack.deploy, variant)  # type: ignore[attr-defined]
+        await wait_until(
+            lambda: _all_on_version(changed_from=deployed), "actors replaced", timeout=120
+        )
+        report = await _consumer_report()
+        replaced = {r["name"]: r for r in report["replacements"]}
+        assert set(replaced) == set(report["actors"]), report["replacements"]
+        assert all(r["connected"] and r["pause_s"] < 30 for r in replaced.values()), replaced
+        print("\nreplacement pauses:", {n: r["pause_s"] for n, r in replaced.items()})
+    finally:
+        await asyncio.to_thread(ray_stack.deploy)  # type: ignore[attr-defined]
+        await producing
+    await wait_until(_all_on_version, "consumers back on the deployed version", timeout=120)
+    assert (await _consumer_report())["config_version"] == deployed
+    await assert_counts_grow(stores, before, expected_delta(tweets), timeout=90)

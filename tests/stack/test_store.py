@@ -1,4 +1,5 @@
-"""The store's one script against the real Redis and Valkey: new, duplicate, conflict."""
+"""The store's scripts against the real Redis and Valkey: new, duplicate, conflict (the same
+winner in either order), parked dead letters and skipped ranges."""
 
 from __future__ import annotations
 
@@ -10,30 +11,97 @@ import pytest
 from devstack.config import app_settings
 from serve_app.model.schema import Tweet
 from serve_app.store.client import both_stores
-from serve_app.store.core import CountedTweet
+from serve_app.store.core import KEYS, CountedTweet
 
 settings = app_settings()
 
 
-def counted(tweet_id: str, text: str) -> CountedTweet:
-    tweet = Tweet(id=tweet_id, description=text, country="AQ", weather="Soleado",
+def counted(tweet_id: str, text: str, country: str = "AQ") -> CountedTweet:
+    tweet = Tweet(id=tweet_id, description=text, country=country, weather="Soleado",
                   accepted_at=datetime.now(UTC))  # fmt: skip
     return CountedTweet.of(tweet)
 
 
+def ordered(tweet_id: str) -> tuple[CountedTweet, CountedTweet]:
+    """Two contents for one id: (winner, loser) by the rule, smaller fingerprint wins."""
+    a, b = counted(tweet_id, "sol", "AQ"), counted(tweet_id, "granizo", "BV")
+    return (a, b) if a.fingerprint < b.fingerprint else (b, a)
+
+
 @pytest.mark.parametrize("name", ["redis", "valkey"])
-async def test_an_id_counts_once_and_a_reused_id_with_other_content_is_a_conflict(name) -> None:
+async def test_an_id_counts_once_and_a_later_loser_is_a_conflict(name) -> None:
     store = both_stores(settings)[name]
     tag = uuid.uuid4().hex
     a, b = f"store-{tag}-a", f"store-{tag}-b"
+    winner, loser = ordered(b)
     before = await store.read_stats()
-    first = await store.record_batch([counted(a, "sol"), counted(b, "lluvia")])
-    assert (first.new, first.duplicates, first.conflicts) == (2, 0, ())
-    # a redelivery (same content, later accepted_at) and a reused id with other content
-    again = await store.record_batch([counted(a, "sol"), counted(b, "granizo")])
-    assert (again.new, again.duplicates, again.conflicts) == (0, 1, (b,))
+    first = await store.record_batch([counted(a, "sol"), winner])
+    assert (first.new, first.duplicates, first.refused, first.displaced) == (2, 0, (), ())
+    # a redelivery (same content, later accepted_at) and the id reused with other content
+    again = await store.record_batch([counted(a, "sol"), loser])
+    assert (again.new, again.duplicates, again.refused, again.displaced) == (0, 1, (1,), ())
     # the same conflict redelivered: refused again, but counted as a conflict once
-    await store.record_batch([counted(b, "granizo")])
+    await store.record_batch([loser])
     after = await store.read_stats()
     assert after["total"] - before["total"] == 2
     assert after["conflicts"] - before["conflicts"] == 1
+
+
+@pytest.mark.parametrize("name", ["redis", "valkey"])
+async def test_a_later_winner_takes_the_id_and_moves_the_counts(name) -> None:
+    """Either order ends the same: the winner counted (its country), the loser a conflict."""
+    store = both_stores(settings)[name]
+    ends = []
+    for order in ("winner first", "loser first"):
+        tweet_id = f"store-{uuid.uuid4().hex}"
+        winner, loser = ordered(tweet_id)
+        before = await store.read_stats()
+        for t in (winner, loser) if order == "winner first" else (loser, winner):
+            result = await store.record_batch([t])
+        if order == "loser first":
+            [old] = result.displaced
+            assert (old.id, old.fingerprint, old.country) == (tweet_id, loser.fingerprint,
+                                                                loser.country)  # fmt: skip
+        await store.record_batch([loser, winner])  # redeliveries change nothing
+        after = await store.read_stats()
+        ends.append(
+            {
+                "total": after["total"] - before["total"],
+                "conflicts": after["conflicts"] - before["conflicts"],
+                winner.country: after["by_country"].get(winner.country, 0)
+                - before["by_country"].get(winner.country, 0),
+                loser.country: after["by_country"].get(loser.country, 0)
+                - before["by_country"].get(loser.country, 0),
+            }
+        )
+    assert ends[0] == ends[1] == {"total": 1, "conflicts": 1, winner.country: 1,
+                                  loser.country: 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["redis", "valkey"])
+async def test_both_contents_in_one_batch_keep_the_winner(name) -> None:
+    store = both_stores(settings)[name]
+    tweet_id = f"store-{uuid.uuid4().hex}"
+    winner, loser = ordered(tweet_id)
+    result = await store.record_batch([loser, winner])
+    assert (result.new, result.refused, result.displaced) == (1, (0,), ())
+    again = await store.record_batch([winner, loser])
+    assert (again.duplicates, again.refused) == (1, (1,))
+
+
+@pytest.mark.parametrize("name", ["redis", "valkey"])
+async def test_parked_letters_and_skipped_ranges_are_kept_and_reported(name) -> None:
+    store = both_stores(settings)[name]
+    entry = f'{{"test": "{uuid.uuid4().hex}"}}'
+    source = f"test-topic-{uuid.uuid4().hex[:8]}/0"
+    before = await store.read_stats()
+    await store.park([entry])
+    assert entry in await store.parked(10_000)
+    assert (await store.read_stats())["parked_dead_letters"] == before["parked_dead_letters"] + 1
+    await store.unpark([entry])
+    assert entry not in await store.parked(10_000)
+    assert await store.record_skipped(source, 100, 149)
+    assert not await store.record_skipped(source, 100, 149)  # found again: counted once
+    assert (await store.read_stats())["skipped"][source] == 50
+    await store.client.hdel(KEYS.skipped, source)
+    await store.client.hdel(KEYS.skipped_ranges, f"{source}:100-149")

