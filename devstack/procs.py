@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from devstack.config import stack_config
 from devstack.waits import poll
 
 GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
@@ -172,6 +173,16 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def belongs_to_stack(pid: int) -> bool:
+    """Whether ``pid`` was started by this checkout's stack: every server, Ray process and
+    HAProxy of it carries ``DEVSTACK_DIR`` = its state directory in its environment."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"DEVSTACK_DIR={stack_config.state_dir}".encode() in environ
 
 
 def _signal(pids: Iterable[int], sig: int) -> None:

@@ -96,8 +96,13 @@ class Kafka(Server):
                 f"log.dirs={self.dir / 'data'}",
                 f"num.partitions={app_settings().kafka_partitions}",
                 *ONE_BROKER,
-                "log.retention.hours=24",  # inside the 48 h dedup window
+                # oldest record: 24 h + a 12 h segment roll + the 5 min check < the 48 h
+                # dedup window (only closed segments are deleted; README "Dedup window")
+                "log.retention.hours=24",
                 "log.retention.bytes=1073741824",
+                "log.segment.bytes=134217728",
+                "log.roll.hours=12",
+                "log.retention.check.interval.ms=300000",
                 "",
             ]
         )

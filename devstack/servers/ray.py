@@ -16,8 +16,10 @@ from devstack.servers.base import Server, StackError, venv_bin
 
 class Ray(Server):
     """Ray daemonizes its own processes; the pid file records the GCS server (found as the
-    owner of the GCS port). Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1) outlives
-    `ray stop`, so its pid and config path are recorded too and stopped by pid.
+    owner of the GCS port). Stopping ends exactly the Ray processes this stack started
+    (:meth:`ray_pids`), never with `ray stop`, which would end every Ray on the machine.
+    Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1) is no Ray process and outlives Ray, so
+    its pid and config path are recorded too and stopped by pid.
     """
 
     name = "ray"
@@ -149,7 +151,7 @@ class Ray(Server):
         serve_ops.shutdown(timeout=self.deploy_timeout)
         self.deploy()
 
-    # -- HAProxy (outlives `ray stop`) -----------------------------------------------
+    # -- HAProxy (outlives Ray) -----------------------------------------------------
     def record_haproxy(self) -> None:
         """Remember the HAProxy that Serve started: its pid and the config it runs."""
         for port in (stack_config.serve_http_port, stack_config.serve_grpc_port):
@@ -174,6 +176,11 @@ class Ray(Server):
         reloads = [p for p in psutil.pids() if cfg and _runs_config(procs.cmdline(p), cfg)]
         return sorted({*reloads, *([recorded] if recorded else [])})
 
+    def ray_pids(self) -> list[int]:
+        """Every Ray process this stack started (GCS, raylets, dashboard and agents, workers),
+        found by the stack's marker in their environment, never by name alone."""
+        return [p for p in psutil.pids() if procs.belongs_to_stack(p) and _is_ray(p)]
+
     def start(self) -> None:
         self.launch()
         self.wait_ready()
@@ -186,9 +193,9 @@ class Ray(Server):
         was_running = self.is_running()
         if was_running:
             self.record_haproxy()
-            result = self._run([venv_bin("ray"), "stop", "--grace-period", "20"], timeout=90)
-            if result.returncode != 0 or self.is_running():
-                self._run([venv_bin("ray"), "stop", "--force"], timeout=60)
+            # never `ray stop`: it ends every Ray process on the machine, Ray inside
+            # Kubernetes pods and other checkouts' clusters included
+            procs.terminate(self.ray_pids(), timeout=20, group=False)
         haproxy = self.haproxy_pids()
         if haproxy:
             procs.terminate(haproxy, timeout=10, group=False)
@@ -214,3 +221,13 @@ class Ray(Server):
 
 def _runs_config(argv: list[str], cfg: str) -> bool:
     return "-f" in argv and cfg in argv
+
+
+def _is_ray(pid: int) -> bool:
+    """Ray's own processes: its two binaries, its workers (``ray::...`` titles) and the
+    Python processes it runs from the ``ray`` package (dashboard, agents, monitors)."""
+    argv = procs.cmdline(pid)
+    name = procs.proc_name(pid)
+    return name in {"gcs_server", "raylet"} or any(
+        a.startswith("ray::") or "/site-packages/ray/" in a for a in argv[:3]
+    )

@@ -14,10 +14,8 @@ import ipaddress
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from devstack import procs, stack
-from devstack.config import stack_config
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,6 @@ def ss_listeners() -> list[SocketListener]:
     return found
 
 
-def belongs_to_stack(pid: int) -> bool:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"DEVSTACK_DIR={stack_config.state_dir}".encode() in environ
-
-
 def stack_servers() -> list[stack.Server]:
     servers = [stack.get(name) for name in [*stack.INFRA, "ray"]]
     return [h for s in servers for h in [s, *s.helpers()]]
@@ -67,9 +57,8 @@ def stack_servers() -> list[stack.Server]:
 
 def stack_listeners() -> list[SocketListener]:
     recorded = {server.pid() for server in stack_servers()}
-    return [
-        lsn for lsn in ss_listeners() if any(p in recorded or belongs_to_stack(p) for p in lsn.pids)
-    ]
+    ours = procs.belongs_to_stack
+    return [lsn for lsn in ss_listeners() if any(p in recorded or ours(p) for p in lsn.pids)]
 
 
 def exposed_stack_listeners() -> list[str]:

@@ -1,0 +1,51 @@
+"""The local stack stops only the Ray processes it started: a process counts as the stack's
+when it carries the stack's DEVSTACK_DIR marker, and as Ray's when it looks like Ray's.
+Plain processes stand in for Ray's (``exec -a`` gives them a Ray worker's title)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from devstack import procs
+from devstack.config import stack_config
+from devstack.servers.ray import Ray, _is_ray
+from devstack.waits import poll
+
+
+def _spawn(title: str, marked: bool) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "DEVSTACK_DIR"}
+    if marked:
+        env["DEVSTACK_DIR"] = str(stack_config.state_dir)
+    process = subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 30'], env=env)
+    poll(lambda: procs.cmdline(process.pid)[:1] == [title], timeout=10, every=0.01)
+    return process
+
+
+@pytest.fixture
+def processes() -> Iterator[dict[str, int]]:
+    started = {
+        "our_worker": _spawn("ray::IDLE", marked=True),
+        "foreign_worker": _spawn("ray::IDLE", marked=False),  # Ray in a pod, another checkout
+        "our_other_server": _spawn("redis-server", marked=True),
+    }
+    try:
+        yield {name: p.pid for name, p in started.items()}
+    finally:
+        for p in started.values():
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_only_marked_ray_processes_are_the_stacks(processes: dict[str, int]) -> None:
+    assert procs.belongs_to_stack(processes["our_worker"])
+    assert not procs.belongs_to_stack(processes["foreign_worker"])
+    assert _is_ray(processes["our_worker"]) and _is_ray(processes["foreign_worker"])
+    assert not _is_ray(processes["our_other_server"])
+    chosen = set(Ray().ray_pids())
+    assert processes["our_worker"] in chosen
+    assert processes["foreign_worker"] not in chosen
+    assert processes["our_other_server"] not in chosen
