@@ -27,7 +27,6 @@ from typing import Any
 
 import aio_pika
 import httpx
-import yaml
 from aiokafka import AIOKafkaProducer
 
 from devstack import procs, serve_ops, stack
@@ -181,16 +180,15 @@ async def gateway_kill(ctx: Context) -> None:
 
 async def consumers_redeploy(ctx: Context) -> None:
     """Replace the ConsumerSupervisor replica (a changed deployment option), then back."""
-    ray_stack = stack.get("ray")
-    config = yaml.safe_load(ray_stack.deployed_config().read_text())  # type: ignore[attr-defined]
+    config = serve_ops.local_config()
     [app] = [a for a in config["applications"] if a["name"] == "consumers"]
     [supervisor] = app["deployments"]
     supervisor["ray_actor_options"]["num_cpus"] = 0.06
-    variant = RESULTS / "chaos-consumers-variant.yaml"
-    variant.write_text(yaml.safe_dump(config, sort_keys=False))
     started = time.monotonic()
-    await asyncio.to_thread(ray_stack.deploy, variant)  # type: ignore[attr-defined]
-    await asyncio.to_thread(ray_stack.deploy)  # type: ignore[attr-defined]
+    # serve_ops writes the variant under the stack's state directory (which exists), not
+    # into loadtest/results/, which a fresh clone does not have yet
+    await asyncio.to_thread(serve_ops.deploy, config, label="chaos-consumers-variant")
+    await asyncio.to_thread(serve_ops.restore)
     ctx.notes["redeploys_s"] = round(time.monotonic() - started, 1)
 
 
