@@ -12,6 +12,7 @@ import functools
 import os
 from pathlib import Path
 
+import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,9 @@ from serve_app.settings import Settings
 
 LOCALHOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = REPO / "serve_config.yaml"
+RAY_ENV_KEY = "ray_env"
+"""serve_config.yaml's block of Ray/Serve environment settings (not part of Serve's schema)."""
 
 
 class StackConfig(BaseSettings):
@@ -79,3 +83,10 @@ def stack_env() -> dict[str, str]:
     """Our environment plus the state directory, which marks every process of the stack
     (what tests/stack/test_exposure.py looks for)."""
     return {**os.environ, "DEVSTACK_DIR": str(stack_config.state_dir)}
+
+
+def ray_env_settings() -> dict[str, str]:
+    """The Ray/Serve environment of serve_config.yaml: one source for the local Ray and
+    the RayService's containers (kuberay/render.py)."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
+    return {name: str(value) for name, value in config.get(RAY_ENV_KEY, {}).items()}

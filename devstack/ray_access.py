@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.config import REPO, app_settings, stack_config, stack_env
+from devstack.config import REPO, ray_env_settings, stack_config, stack_env
 
 RAY_SITE = REPO / "devstack" / "ray_site"
 
@@ -74,10 +74,8 @@ def ray_env() -> dict[str, str]:
     """The environment of every Ray process and Ray/Serve CLI call of the stack."""
     return {
         **stack_env(),
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        # gRPC messages as large as a REST body may be, not Serve's default 2 GiB
-        "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(app_settings().max_body_bytes),
+        # serve_config.yaml's Ray/Serve knobs, the same the RayService's containers get
+        **ray_env_settings(),
         # Serve's own wildcard listeners bind loopback too (see the module there);
         # the repo comes next so workers import serve_app and loadtest alike.
         "PYTHONPATH": os.pathsep.join([str(RAY_SITE), str(REPO)]),

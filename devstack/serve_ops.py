@@ -18,14 +18,13 @@ from typing import Any
 import yaml
 
 from devstack import procs, ray_access
-from devstack.config import LOCALHOST, REPO, stack_config
+from devstack.config import LOCALHOST, RAY_ENV_KEY, REPO, SERVE_CONFIG, stack_config
 from devstack.errors import StackError
 from devstack.waits import poll
 
 Apps = dict[str, dict[str, Any]]
 Config = dict[str, Any]
 
-SERVE_CONFIG = REPO / "serve_config.yaml"
 WORK_DIR = stack_config.state_dir / "ray"
 LOG = WORK_DIR / "ray.log"
 DEPLOY_TIMEOUT_S = 240.0
@@ -38,6 +37,7 @@ def local_config(nodes: int | None = None) -> Config:
     one machine the proxies run on the head only (every node's would want the same ports).
     Everything else is the file itself."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config.pop(RAY_ENV_KEY, None)  # Ray's environment, set when Ray starts (ray_access)
     config["http_options"]["host"] = LOCALHOST
     if (nodes or stack_config.ray_nodes) > 1:
         config["proxy_location"] = "HeadOnly"

@@ -126,13 +126,21 @@ def _only_fields(*names: str) -> models.DataTransformerConfig:
     return _transform("filterFieldsByName", {"include": {"names": ["#time", *names]}})
 
 
-def _counter(store: Store, title: str, key: str, description: str, span: int) -> stat.Panel:
+def _counter(
+    store: Store, title: str, key: str, description: str, span: int, command: str = "GET"
+) -> stat.Panel:
+    """A number read from the store: ``GET`` a string key, or ``LLEN`` / ``HGETALL``."""
+    target = (
+        Redis.cli(store, command, key)
+        if command == "LLEN"
+        else Redis.command(store, command.lower(), key)
+    )
     return (
         stat.Panel()
         .title(title)
-        .description(f"GET {key}: {description}")
+        .description(f"{command} {key}: {description}")
         .datasource(store.ref)
-        .with_target(Redis.command(store, "get", key))
+        .with_target(target)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("/.*/"))
         .graph_mode(common.BigValueGraphMode.NONE)
         .color_mode(common.BigValueColorMode.VALUE)
@@ -148,7 +156,7 @@ def _total(store: Store) -> stat.Panel:
         f"Tweets in {store.title} (from {store.source})",
         KEYS.total,
         f"tweets counted once each by the {store.source} consumer.",
-        9,
+        6,
     )
 
 
@@ -157,10 +165,34 @@ def _conflicts(store: Store) -> stat.Panel:
         store,
         f"Id conflicts in {store.title}",
         KEYS.conflicts,
-        "tweets refused because their id was counted before with other content "
-        "(dead-lettered with reason id-conflict).",
-        3,
+        "losers of two tweets with one id and other content (the smaller content "
+        "fingerprint wins in both stores; the loser is dead-lettered with reason id-conflict).",
+        2,
     )
+
+
+def _unsettled(store: Store) -> list[stat.Panel]:
+    """What is normally 0: dead letters parked in the store, broker records skipped."""
+    return [
+        _counter(
+            store,
+            f"Parked dead letters in {store.title}",
+            KEYS.parked_dead_letters,
+            f"dead letters the {store.source} dead-letter broker could not take (alarm, "
+            "outage), kept here and published again in the background; 0 normally.",
+            2,
+            command="LLEN",
+        ),
+        _counter(
+            store,
+            f"Skipped records ({store.title})",
+            KEYS.skipped,
+            f"{store.source} records deleted by the broker before the consumer read them, "
+            "per topic/partition: never counted; 0 normally.",
+            2,
+            command="HGETALL",
+        ),
+    ]
 
 
 def _breakdown(store: Store, title: str, key: str, span: int) -> barchart.Panel:
@@ -296,6 +328,22 @@ def _pipeline_panels() -> list[timeseries.Panel]:
         ),
         _gauge_panel("Consumer backlog (Kafka lag, RabbitMQ ready)", metrics.BACKLOG, ("broker",)),
         _gauge_panel("Dead letters per broker", metrics.DEAD_LETTERS, ("broker",)),
+        _gauge_panel(
+            "Dead letters parked in the stores (broker could not take them)",
+            metrics.PARKED_DEAD_LETTERS,
+            ("consumer",),
+        ),
+        _rate_panel(
+            "Skipped broker records/s (deleted before read)",
+            metrics.SKIPPED_RECORDS,
+            ("consumer",),
+            "cps",
+        ),
+        _gauge_panel(
+            "Ingest refusing (admission control), per broker",
+            metrics.ADMISSION_REFUSING,
+            ("broker",),
+        ),
     ]
 
 
@@ -318,6 +366,8 @@ def build() -> dash.Dashboard:
     for store in STORES:
         board.with_panel(_total(store))
         board.with_panel(_conflicts(store))
+        for panel in _unsettled(store):
+            board.with_panel(panel)
     for store in STORES:
         board.with_row(dash.Row(f"{store.title} (fed by {store.source})"))
         board.with_panel(_breakdown(store, "tweets by country", KEYS.by_country, 8))

@@ -1,8 +1,9 @@
 """A small, offline kustomize renderer for the tests (no kubectl needed).
 
 Covers the features this repository's kustomizations use: ``resources`` (files and
-directories), ``namespace``, ``patches`` (merge patches by file), ``configMapGenerator`` and
-``secretGenerator`` (``files``, ``envs``, ``literals``), ``generatorOptions`` (labels; name
+directories), ``namespace``, ``patches`` (merge patches by file, JSON patches with a
+``target``), ``configMapGenerator`` and ``secretGenerator`` (``files``, ``envs``,
+``literals``), ``generatorOptions`` (labels; name
 hashes must be disabled) and ``images``. A missing env file ``X`` falls back to ``X.example``
 (the committed template), so the committed manifests validate without real secrets.
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
 
 CLUSTER_SCOPED = {
@@ -123,6 +125,22 @@ def _apply_images(objects: list[Obj], images: list[Obj]) -> None:
             container["image"] = f"{new_name}:{new_tag}" if new_tag else new_name
 
 
+def _json_patch(objects: list[Obj], entry: dict[str, Any], directory: Path) -> None:
+    """A JSON patch (RFC 6902) file applied to the one object its ``target`` names."""
+    target = entry["target"]
+    matches = [
+        o
+        for o in objects
+        if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
+    ]
+    if len(matches) != 1:
+        raise ValueError(f"patch {entry['path']} matches {len(matches)} objects")
+    operations = yaml.safe_load((directory / entry["path"]).read_text(encoding="utf-8"))
+    patched = jsonpatch.apply_patch(matches[0], operations)
+    matches[0].clear()
+    matches[0].update(patched)
+
+
 def render(directory: Path) -> list[Obj]:
     directory = Path(directory)
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
@@ -139,6 +157,9 @@ def render(directory: Path) -> list[Obj]:
     objects.extend(_generate(kind, spec, directory, options) for kind, spec in generators)
 
     for patch_entry in kustomization.get("patches", []):
+        if "target" in patch_entry:
+            _json_patch(objects, patch_entry, directory)
+            continue
         for patch in load_documents(directory / patch_entry["path"]):
             targets = [
                 o

@@ -1,4 +1,5 @@
-"""Locust load test of the pipeline's two faces, REST and gRPC (run by `make load`).
+"""Locust load test of the pipeline's three faces, REST, gRPC and the WebSocket stream
+(run by `make load`).
 
 * :class:`RestUser` (Locust's FastHttpUser) POSTs seed-shaped tweets to ``/input`` on the
   Serve HTTP proxy: mostly single tweets, some batches of 10-100.
@@ -6,6 +7,9 @@
   Serve's gRPC proxy with metadata ``application: ingest``, following Locust's
   documented gRPC pattern (a User with its own client whose interceptor fires request
   events).
+* :class:`StreamUser` keeps one WebSocket to ``/input/stream`` open through the same HTTP
+  proxy and sends one frame (a tweet or a batch) at a time, firing a request event per
+  acknowledgement (a frame is a success only when its acknowledgement says 202).
 
 Every tweet carries a unique id. The ids in each 202 / gRPC reply are summed and, when
 the test stops, written to ``$LOADTEST_ACCEPTED_DIR/accepted-<pid>.json`` (one file per
@@ -20,13 +24,16 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, User, between, events, task
 from locust.exception import LocustError
+from websockets.sync.client import ClientConnection, connect
 
 from devstack.config import stack_config
 from loadtest.tweets import TweetFactory
@@ -36,12 +43,43 @@ grpc_gevent.init_gevent()  # gRPC's I/O must cooperate with Locust's gevent loop
 
 GRPC_TARGET = stack_config.serve_grpc_target
 GRPC_METADATA = (("application", "ingest"),)
-ACCEPTED = {"rest": 0, "grpc": 0}
+ACCEPTED = {"rest": 0, "grpc": 0, "stream": 0}
+STREAM_PATH = "/input/stream"
 _factory = TweetFactory(f"locust-{os.getpid()}-{int(time.time())}")
 
 
 def batch_size() -> int:
     return random.choice((10, 25, 50, 100))
+
+
+class RefusedReply(Exception):
+    """A reply that is not a 202 for every tweet sent (it says why)."""
+
+
+def accepted_ids(reply: dict[str, Any], body: Any) -> int:
+    """How many tweets a 202 (REST) or 202 acknowledgement (stream) accepted; anything
+    else, or a 202 that does not name one id per tweet sent, raises :class:`RefusedReply`.
+    Every tweet Locust sends has its own id, so ``accepted`` must equal the tweets sent."""
+    if reply.get("status") != 202:
+        raise RefusedReply(f"{reply.get('status')}: {str(reply.get('error'))[:200]}")
+    ids = reply.get("ids") or ([reply["id"]] if reply.get("id") else [])
+    expected = len(body) if isinstance(body, list) else 1
+    if len(ids) != expected or reply.get("accepted") != expected:
+        raise RefusedReply(f"202 for {expected} tweets named {len(ids)} ids")
+    return len(ids)
+
+
+def tweet_mix(label: str) -> dict[Callable[[Any], None], int]:
+    """Locust tasks of a face that takes JSON bodies: 80 % single tweets, 20 % batches, sent
+    with the user's ``send(body, name)``."""
+
+    def single(user: Any) -> None:
+        user.send(_factory.one(), f"{label} (1)")
+
+    def batch(user: Any) -> None:
+        user.send(_factory.many(batch_size()), f"{label} (batch)")
+
+    return {single: 8, batch: 2}
 
 
 # --- REST -------------------------------------------------------------------------------
@@ -51,29 +89,33 @@ class RestUser(FastHttpUser):
     weight = 3
     wait_time = between(0.01, 0.1)
 
-    @task(8)
-    def single(self) -> None:
-        self._post(_factory.one(), "POST /input (1)")
+    tasks = tweet_mix("POST /input")
 
-    @task(2)
-    def batch(self) -> None:
-        self._post(_factory.many(batch_size()), "POST /input (batch)")
-
-    def _post(self, body: Any, name: str) -> None:
+    def send(self, body: Any, name: str) -> None:
         with self.client.post("/input", json=body, name=name, catch_response=True) as resp:
-            if resp.status_code != 202:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
             try:
-                reply = resp.json()
-            except ValueError:
-                resp.failure("202 without a JSON body")
-                return
-            ids = reply.get("ids") or ([reply["id"]] if reply.get("id") else [])
-            expected = len(body) if isinstance(body, list) else 1
-            if len(ids) != expected or reply.get("accepted") != expected:
-                resp.failure(f"202 for {expected} tweets named {len(ids)} ids")
-            ACCEPTED["rest"] += len(ids)
+                reply = {**resp.json(), "status": resp.status_code}
+            except ValueError:  # Serve's own 503 is plain text
+                reply = {"status": resp.status_code, "error": resp.text or "no JSON body"}
+            try:
+                ACCEPTED["rest"] += accepted_ids(reply, body)
+            except RefusedReply as exc:
+                resp.failure(str(exc))
+
+
+def fire(
+    environment: Any, kind: str, name: str, started: float, length: int, exception: Any
+) -> None:
+    """One Locust request event for a call that is not Locust's own HTTP (gRPC, WebSocket)."""
+    environment.events.request.fire(
+        request_type=kind,
+        name=name,
+        response_time=(time.perf_counter() - started) * 1000,
+        response_length=length,
+        response=None,
+        context={},
+        exception=exception,
+    )
 
 
 # --- gRPC (Locust's documented pattern: interceptor firing request events) -------------
@@ -91,15 +133,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
             length = response.result().ByteSize()
         except grpc.RpcError as exc:
             exception = exc
-        self.env.events.request.fire(
-            request_type="grpc",
-            name=client_call_details.method,
-            response_time=(time.perf_counter() - started) * 1000,
-            response_length=length,
-            response=response,
-            context=None,
-            exception=exception,
-        )
+        fire(self.env, "grpc", client_call_details.method, started, length, exception)
         return response
 
 
@@ -152,12 +186,57 @@ class PublisherUser(GrpcUser):
             return None  # already reported as a failure by the interceptor
 
 
+# --- WebSocket stream -------------------------------------------------------------------
+def stream_url(host: str | None) -> str:
+    """``ws://host:port/input/stream`` from the REST ``--host`` (the same Serve HTTP proxy)."""
+    parts = urlsplit(host or stack_config.serve_http_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{STREAM_PATH}"
+
+
+class StreamUser(User):
+    """One WebSocket per user to ``/input/stream``; one frame in flight at a time."""
+
+    weight = 1
+    wait_time = between(0.01, 0.1)
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self._ws: ClientConnection | None = None
+
+    def on_stop(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+
+    tasks = tweet_mix("WS /input/stream")
+
+    def send(self, body: Any, name: str) -> None:
+        started = time.perf_counter()
+        length, exception = 0, None
+        try:
+            if self._ws is None:
+                self._ws = connect(stream_url(self.host), open_timeout=10, max_size=2**22)
+            self._ws.send(json.dumps(body))
+            reply = self._ws.recv(timeout=10)
+            length = len(reply)
+            ACCEPTED["stream"] += accepted_ids(json.loads(reply), body)
+        except Exception as exc:  # a refused frame, a dropped connection: reconnect next time
+            exception = exc
+            if not isinstance(exc, RefusedReply) and self._ws is not None:
+                self._ws.close()
+                self._ws = None
+        fire(self.environment, "WS", name, started, length, exception)
+
+
 # --- accepted count -------------------------------------------------------------------
 @events.test_stop.add_listener
 def _write_accepted(environment: Any, **_: Any) -> None:
     directory = os.environ.get("LOADTEST_ACCEPTED_DIR")
-    total = ACCEPTED["rest"] + ACCEPTED["grpc"]
+    total = sum(ACCEPTED.values())
     if directory:
         path = Path(directory) / f"accepted-{os.getpid()}.json"
         path.write_text(json.dumps({**ACCEPTED, "total": total}))
-    print(f"accepted tweets: {total} (REST {ACCEPTED['rest']}, gRPC {ACCEPTED['grpc']})")
+    print(
+        f"accepted tweets: {total} (REST {ACCEPTED['rest']}, gRPC {ACCEPTED['grpc']}, "
+        f"stream {ACCEPTED['stream']})"
+    )

@@ -57,6 +57,18 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(default=262_144, ge=4096)
     publish_timeout_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=2, ge=1)
+    stream_max_in_flight: int = Field(default=8, ge=1)  # frames per WebSocket being published
+
+    # Admission control (README "Admission control"): refuse new tweets (503) before an
+    # undrained backlog nears what a broker keeps. Kafka keeps 1 GiB per partition for 24 h
+    # (devstack/servers/kafka.py; 896 MiB in k8s/infra/kafka.yaml); the whole lag may sit in
+    # one partition (key = country), so the budget is under half of one partition's bytes.
+    admission_kafka_max_bytes: int = Field(default=402_653_184, ge=1)  # 384 MiB < 896 MiB / 2
+    admission_kafka_max_stall_s: float = Field(default=43_200, gt=0)  # half of 24 h retention
+    admission_rabbitmq_max_bytes: int = Field(default=402_653_184, ge=1)  # below the alarms
+    admission_resume_ratio: float = Field(default=0.8, gt=0, le=1)
+    admission_stale_after_s: float = Field(default=30.0, gt=0)
+    admission_poll_interval_s: float = Field(default=1.0, ge=1.0)
 
     # Consumers and store
     kafka_consumers: int = Field(default=1, ge=0)

@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.structs import ConsumerRecord
 
-from serve_app.brokers.base import POISON_REASON_HEADER, ChunkWriter, DeadLetter, Delivery
+from serve_app.brokers.base import (
+    POISON_REASON_HEADER,
+    ChunkWriter,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    Skipped,
+)
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -83,6 +96,66 @@ async def start_producer(settings: Settings, **options: Any) -> AIOKafkaProducer
 # --- writer ---------------------------------------------------------------------------------
 
 
+class ProducerSlot:
+    """The current idempotent producer of a writer or a dead-letter sink, started on first
+    use. A failed send can leave an idempotent producer's sequence numbers out of step with
+    the broker's (every later send then fails with OutOfOrderSequenceNumber), so a failure
+    retires the producer it happened on, and only that one: sends in flight on it finish or
+    fail on their own while it stops in the background, and a failure on an already retired
+    producer leaves the current one alone (no cascade)."""
+
+    def __init__(self, start: Callable[[], Awaitable[Any]], stop_timeout_s: float) -> None:
+        self._start = start
+        self._stop_timeout_s = stop_timeout_s
+        self._lock = asyncio.Lock()
+        self.current: Any | None = None
+        self.replaced = 0
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def get(self) -> Any:
+        """The current producer, started if there is none."""
+        if self.current is None:
+            async with self._lock:
+                if self.current is None:
+                    self.current = await self._start()
+        return self.current
+
+    def retire(self, producer: Any) -> bool:
+        """Retire ``producer`` if it is still the current one; True if it was."""
+        if producer is None or producer is not self.current:
+            return False
+        self.current = None
+        self.replaced += 1
+        task = asyncio.ensure_future(self._stop_quietly(producer))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+        return True
+
+    async def _stop_quietly(self, producer: Any) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._stop_timeout_s):
+                await producer.stop()
+
+    async def close(self) -> None:
+        producer, self.current = self.current, None
+        if producer is not None:
+            await self._stop_quietly(producer)
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+
+async def send_all(slot: ProducerSlot, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Send ``(topic, send options)`` records on the slot's producer and wait for every
+    acknowledgement; any failure (a timeout's cancellation too) retires that producer."""
+    producer = await slot.get()
+    try:
+        deliveries = [await producer.send(topic, **options) for topic, options in records]
+        await asyncio.gather(*deliveries)
+    except BaseException:
+        slot.retire(producer)
+        raise
+
+
 class KafkaChunkWriter(ChunkWriter):
     """One record per chunk, keyed by country: a country's tweets stay in order."""
 
@@ -91,15 +164,14 @@ class KafkaChunkWriter(ChunkWriter):
 
     def __init__(self, config: Settings) -> None:
         super().__init__(config)
-        self._producer: AIOKafkaProducer | None = None
-        self._retired: set[asyncio.Task[None]] = set()
+        self._producers = ProducerSlot(self._start_producer, config.publish_timeout_s)
 
     def _connected(self) -> bool:
-        return self._producer is not None
+        return self._producers.current is not None
 
-    async def _connect(self) -> None:
+    async def _start_producer(self) -> AIOKafkaProducer:
         await ensure_kafka_topics(self.settings)
-        self._producer = await start_producer(
+        return await start_producer(
             self.settings,
             linger_ms=1,
             max_batch_size=1_048_576,
@@ -107,67 +179,60 @@ class KafkaChunkWriter(ChunkWriter):
             request_timeout_ms=int(self.settings.publish_timeout_s * 1000),
         )
 
+    async def _connect(self) -> None:
+        await self._producers.get()
+
     async def _send(self, chunks: Sequence[Chunk]) -> None:
-        assert self._producer is not None
         topic = self.settings.kafka_topic
-        send = self._producer.send
-        deliveries = [await send(topic, value=c.body, key=c.country.encode()) for c in chunks]
-        await asyncio.gather(*deliveries)
+        records = [(topic, {"value": c.body, "key": c.country.encode()}) for c in chunks]
+        await send_all(self._producers, records)
 
     async def _probe(self) -> None:
-        assert self._producer is not None
-        metadata = await self._producer.client.fetch_all_metadata()
+        producer = await self._producers.get()
+        metadata = await producer.client.fetch_all_metadata()
         if not metadata.brokers():
             raise ConnectionError("no Kafka broker answered a metadata request")
 
-    def _after_failure(self) -> None:
-        """A failed send can leave an idempotent producer's sequence numbers out of step
-        with the broker's (every later send then fails with OutOfOrderSequenceNumber):
-        the next write starts a new producer; this one is stopped in the background.
-        Its late deliveries, if any, carry tweet ids the consumers already deduplicate."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            task = asyncio.ensure_future(self._stop_quietly(producer))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
-
-    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                await producer.stop()
-
     async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-        if self._retired:
-            await asyncio.gather(*self._retired, return_exceptions=True)
+        await self._producers.close()
 
 
 # --- consumer source ------------------------------------------------------------------------
 
 
 class KafkaDeadLetters:
-    """Dead letters to the dead-letter topic, each naming its reason and original record."""
+    """Dead letters to the dead-letter topic, each naming its reason and original record;
+    on a producer of its own that a failed send replaces (:class:`ProducerSlot`), every
+    send bounded by ``publish_timeout_s``."""
 
-    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
-        self.producer = producer
+    def __init__(self, producers: ProducerSlot, settings: Settings) -> None:
+        self.producers = producers
         self.topic = settings.kafka_dead_letter_topic
+        self.timeout_s = settings.publish_timeout_s
 
-    async def send(self, letters: Sequence[DeadLetter[Record]]) -> None:
-        futures = []
-        for letter in letters:
-            record = letter.origin
-            headers = [
-                (POISON_REASON_HEADER, letter.reason.encode()),
-                (ORIGINAL_TOPIC_HEADER, record.topic.encode()),
-                (ORIGINAL_PARTITION_HEADER, str(record.partition).encode()),
-                (ORIGINAL_OFFSET_HEADER, str(record.offset).encode()),
-            ]
-            send = self.producer.send(
-                self.topic, value=letter.body, key=record.key, headers=headers
-            )
-            futures.append(await send)
-        await asyncio.gather(*futures)
+    def envelope(self, letter: DeadLetter[Record]) -> Envelope:
+        record = letter.origin
+        headers = [
+            (ORIGINAL_TOPIC_HEADER, record.topic),
+            (ORIGINAL_PARTITION_HEADER, record.partition),
+            (ORIGINAL_OFFSET_HEADER, record.offset),
+        ]
+        return Envelope.of(letter.body, letter.reason, letter.id, headers, record.key)
+
+    async def send(self, envelopes: Sequence[Envelope]) -> None:
+        records = [(self.topic, kafka_record(e)) for e in envelopes]
+        async with asyncio.timeout(self.timeout_s):
+            await send_all(self.producers, records)
+
+
+def kafka_record(envelope: Envelope) -> dict[str, Any]:
+    """The send options of one dead letter: its reason and the original's headers."""
+    headers = [(POISON_REASON_HEADER, envelope.reason)] + list(envelope.headers)
+    return {
+        "value": envelope.body,
+        "key": envelope.key,
+        "headers": [(k, v.encode()) for k, v in headers],
+    }
 
 
 class KafkaSource:
@@ -188,12 +253,35 @@ class KafkaSource:
         self.dead_letters = dead_letters
         self.settings = settings
         self.report = report
+        self._skipped: list[Skipped] = []
 
     async def fetch(self) -> list[Delivery[Record]]:
-        batches = await self.consumer.getmany(
-            timeout_ms=500, max_records=self.settings.consumer_batch_size
-        )
+        try:
+            batches = await self.consumer.getmany(
+                timeout_ms=500, max_records=self.settings.consumer_batch_size
+            )
+        except OffsetOutOfRangeError as exc:  # retention deleted what the group had not read
+            await self._skip_to_beginning(exc.args[0])
+            return []
+        except NoOffsetForPartitionError as exc:  # the group never committed here
+            await self.consumer.seek_to_beginning(*exc.args)
+            return []
         return [Delivery(r.value or b"", r) for records in batches.values() for r in records]
+
+    async def _skip_to_beginning(self, positions: dict[TopicPartition, int]) -> None:
+        """Continue from the earliest record still kept, and keep what was skipped for
+        :meth:`take_skipped` (``auto_offset_reset="none"``: aiokafka would reset silently)."""
+        starts = await self.consumer.beginning_offsets(list(positions))
+        for tp, position in positions.items():
+            skip = skipped_range(f"{tp.topic}/{tp.partition}", position, starts[tp])
+            if skip is not None:
+                self._skipped.append(skip)
+            self.consumer.seek(tp, starts[tp])
+
+    def take_skipped(self) -> list[Skipped]:
+        """Skipped ranges found since the last call."""
+        skipped, self._skipped = self._skipped, []
+        return skipped
 
     async def hold(self) -> None:
         """Stop fetching but keep polling so the group does not consider this member dead;
@@ -240,7 +328,7 @@ async def open_kafka_source(
         group_id=settings.kafka_consumer_group,
         client_id=name,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="none",  # a skip past deleted records is ours to report
         isolation_level="read_committed",
         max_poll_records=settings.consumer_batch_size,
         max_poll_interval_ms=300_000,
@@ -248,13 +336,13 @@ async def open_kafka_source(
         heartbeat_interval_ms=2_000,
     )
     await consumer.start()
+    producers = ProducerSlot(
+        lambda: start_producer(settings, client_id=f"{name}-dlq"), settings.publish_timeout_s
+    )
     try:
-        producer = await start_producer(settings, client_id=f"{name}-dlq")
-        try:
-            yield KafkaSource(consumer, KafkaDeadLetters(producer, settings), settings, report)
-        finally:
-            await producer.stop()
+        yield KafkaSource(consumer, KafkaDeadLetters(producers, settings), settings, report)
     finally:
+        await producers.close()
         await consumer.stop()
 
 
@@ -350,6 +438,13 @@ class KafkaProbe:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def skipped_range(source: str, position: int, beginning: int) -> Skipped | None:
+    """What a consumer at ``position`` misses when the log now begins at ``beginning``
+    (None when nothing was deleted before it: a position past the end, e.g. a recreated
+    topic, re-reads from the beginning and the stores' markers deduplicate)."""
+    return Skipped(source, position, beginning - 1) if position < beginning else None
 
 
 def partition_lag(end: int, start: int, committed: Any) -> int:

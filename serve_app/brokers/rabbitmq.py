@@ -22,7 +22,14 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from serve_app.brokers.base import POISON_REASON_HEADER, ChunkWriter, DeadLetter, Delivery
+from serve_app.brokers.base import (
+    POISON_REASON_HEADER,
+    ChunkWriter,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    Skipped,
+)
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -208,6 +215,7 @@ class RabbitDeadLetters:
         self.connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _exchange_ready(self) -> AbstractExchange:
         if self._exchange is None:
@@ -220,29 +228,55 @@ class RabbitDeadLetters:
             )
         return self._exchange
 
-    async def send(self, letters: Sequence[DeadLetter[Message]]) -> None:
-        async with asyncio.timeout(self.settings.publish_timeout_s):
-            exchange = await self._exchange_ready()
-            await asyncio.gather(*(exchange.publish(self._message(x), "") for x in letters))
-
-    @staticmethod
-    def _message(letter: DeadLetter[Message]) -> aio_pika.Message:
+    def envelope(self, letter: DeadLetter[Message]) -> Envelope:
+        """The original headers (as bounded text), id and reason; nothing taken from the
+        message can make the publish fail (an AMQP message id is a shortstr: 255 bytes)."""
         origin = letter.origin
         headers = dict(origin.headers or {})
-        headers[POISON_REASON_HEADER] = letter.reason
-        return aio_pika.Message(
-            body=letter.body,
-            headers=headers,
-            message_id=letter.id or origin.message_id,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers.pop(POISON_REASON_HEADER, None)
+        return Envelope.of(
+            letter.body, letter.reason, letter.id or origin.message_id, list(headers.items())
         )
+
+    async def send(self, envelopes: Sequence[Envelope]) -> None:
+        """Publish and wait for every confirmation; a failure drops the connection, so the
+        next send starts afresh (a channel closed by the broker, e.g. a missing exchange,
+        would otherwise fail every later send)."""
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                exchange = await self._exchange_ready()
+                await asyncio.gather(*(exchange.publish(amqp_message(e), "") for e in envelopes))
+        except BaseException:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        """Forget the connection and close it in the background, bounded."""
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is not None:
+            closing = asyncio.wait_for(connection.close(), self.settings.publish_timeout_s)
+            task = asyncio.ensure_future(close_quietly(closing))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
         self._connection, self._exchange = None, None
+
+
+def amqp_message(envelope: Envelope) -> aio_pika.Message:
+    """One persistent dead letter: text headers only, the reason among them."""
+    headers: dict[str, Any] = dict(envelope.headers)
+    headers[POISON_REASON_HEADER] = envelope.reason
+    return aio_pika.Message(
+        body=envelope.body,
+        headers=headers,  # type: ignore[arg-type]
+        message_id=envelope.id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
 
 
 class RabbitSource:
@@ -286,6 +320,11 @@ class RabbitSource:
 
     async def hold(self) -> None:
         """Nothing to do: unacked deliveries stay with this consumer (prefetch bounds them)."""
+
+    def take_skipped(self) -> list[Skipped]:
+        """Nothing is skipped silently here: the queue has no length limit and no message
+        TTL, so RabbitMQ never drops a message it confirmed (README "Faults")."""
+        return []
 
     async def settle(self, batch: Sequence[Delivery[Message]]) -> bool:
         """Ack everything up to the last delivery of each live channel (one frame each).

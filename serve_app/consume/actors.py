@@ -12,13 +12,15 @@ source (:mod:`serve_app.brokers`) and its store, plus the adoption handshake the
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import ray
 
+import serve_app
 from serve_app.brokers.kafka import open_kafka_source
 from serve_app.brokers.rabbitmq import open_rabbit_source
-from serve_app.consume.core import ConsumerLoop, OpenSource
+from serve_app.consume.core import ConsumerLoop, OpenSource, code_version, config_version
 from serve_app.errors import ConfigError
 from serve_app.runtime import ray_metrics
 from serve_app.settings import Settings
@@ -26,6 +28,9 @@ from serve_app.store.client import TweetStore, connect_redis, connect_valkey
 
 NAMESPACE = "weather"
 """Ray namespace of the detached consumer actors (names are only unique per namespace)."""
+
+CODE_VERSION = code_version(Path(serve_app.__file__).parent)
+"""The code this process imported (an actor started before a redeploy keeps its own)."""
 
 KAFKA_ACTOR_PREFIX = "kafka-consumer-"
 RABBIT_ACTOR_PREFIX = "rabbit-consumer-"
@@ -82,6 +87,7 @@ class _ConsumerActor:
             self._source(name),
             metrics=ray_metrics(),
             node_id=ray.get_runtime_context().get_node_id(),
+            config_version=config_version(settings, CODE_VERSION),
         )
         self.loop.ensure_task()
 

@@ -1,34 +1,61 @@
 """Stage 3 core: how a consumer drains one broker into one store (no Ray, no broker client).
 
 :class:`ConsumerCore` handles one batch: decode (chunks and v1 messages,
-:mod:`serve_app.model.codec`) → dead-letter the poison → apply the good tweets once through
-the store's script → dead-letter the id conflicts the store refused → report.
-:class:`ConsumerLoop` runs sessions of a broker :class:`Source` (a driver in
-:mod:`serve_app.brokers`) forever: fetch, handle, then commit or ack only after the batch was
-handled. A crash anywhere before redelivers the batch, and the store counts an id once, so
-nothing is lost and nothing counted twice.
+:mod:`serve_app.model.codec`) → apply the good tweets once through the store's script →
+dead-letter the poison and the losers of id conflicts → report. :class:`ConsumerLoop` runs
+sessions of a broker :class:`Source` (a driver in :mod:`serve_app.brokers`) forever: fetch,
+handle, then commit or ack only after the batch was handled. A crash anywhere before
+redelivers the batch, and the store counts an id once, so nothing is lost and nothing
+counted twice.
 
-A failing step (store or dead-letter broker down) is retried with capped backoff for as
-long as it takes, holding the batch: consumption pauses, nothing is committed, nothing good
-is ever dead-lettered. The unit tests drive this with plain fakes.
+A failing store write is retried with capped backoff for as long as it takes, holding the
+batch (the store is what a 202 promises): consumption pauses, nothing is committed.
+
+Dead-lettering never holds good tweets back. The good tweets are applied first; the dead
+letters then get :data:`DEAD_LETTER_ATTEMPTS` bounded attempts (each within the sink's own
+deadline). Past that (a RabbitMQ alarm, a Kafka outage), they are **parked** in the
+consumer's own store (``tweets:dead_letters:parked``, as :class:`Envelope` JSON: a store a
+broker alarm does not block) and the batch is acked; later dead letters are parked too,
+keeping their order, until a background task (every :data:`PARKED_CHECK_S`) has published
+every parked one. Parked letters show in ``/consumers`` (``parked_dead_letters``), in
+``GET /stats``, in a metric and in ``make verify``. A sink flattens a letter into an
+:class:`Envelope` (bounded, valid UTF-8 text only), so nothing taken from a message can make
+the publish itself fail.
+
+Skipped records (the broker deleted what the group had not read, e.g. Kafka retention
+during a long store outage) are never silent: the source reports each range, the loop
+counts it durably in the store (``tweets:skipped``) before the next batch, logs it and shows
+it in ``/consumers`` and a metric, and consumption continues from the earliest record kept.
+The unit tests drive all of this with plain fakes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from serve_app.brokers.base import DeadLetter, DeadLetterSink, Delivery
+from serve_app.brokers.base import DeadLetter, DeadLetterSink, Delivery, Envelope, Skipped
 from serve_app.errors import describe
 from serve_app.model.codec import decode_message
-from serve_app.model.metrics import CONSUMER_TWEETS, NO_METRICS, MetricsSink
+from serve_app.model.metrics import (
+    CONSUMER_TWEETS,
+    NO_METRICS,
+    PARKED_DEAD_LETTERS,
+    SKIPPED_RECORDS,
+    MetricsSink,
+)
+from serve_app.model.schema import Tweet
+from serve_app.settings import Settings
 from serve_app.store.core import CountedTweet, RecordResult
 
 logger = logging.getLogger(__name__)
@@ -37,7 +64,14 @@ REASON_LIMIT = 1000
 """Characters of an error kept in a consumer's status."""
 
 ID_CONFLICT = "id-conflict"
-"""The dead-letter reason of a tweet whose id was counted before with other content."""
+"""The dead-letter reason of the loser of two tweets with one id and other content."""
+
+DEAD_LETTER_ATTEMPTS = 2
+"""Attempts to publish a batch's dead letters before they are parked in the store."""
+PARKED_CHECK_S = 2.0
+"""How often parked dead letters are tried again."""
+PARKED_BATCH = 100
+"""Parked dead letters published per attempt."""
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -47,7 +81,17 @@ T = TypeVar("T")
 
 
 class TweetRecorder(Protocol):
+    """What a consumer needs of its store (``serve_app.store.client.TweetStore``)."""
+
     async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult: ...
+
+    async def park(self, entries: Sequence[str]) -> None: ...
+
+    async def parked(self, limit: int) -> list[str]: ...
+
+    async def unpark(self, entries: Sequence[str]) -> int: ...
+
+    async def record_skipped(self, source: str, first: int, last: int) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,7 @@ class BatchOutcome:
     duplicates: int
     poison: int
     conflicts: int
+    parked: int = 0
 
     @property
     def dead_lettered(self) -> int:
@@ -100,36 +145,82 @@ class ConsumerCore(Generic[Origin]):
         self.dead_letters = dead_letters
         self.on_retry = on_retry
         self.backoff = backoff or Backoff()
+        self.parking = False
 
     async def handle(self, deliveries: Sequence[Delivery[Origin]]) -> BatchOutcome:
-        tweets: dict[str, list[Any]] = {}
         counted: list[CountedTweet] = []
+        sources: list[tuple[Tweet, Delivery[Origin]]] = []
         poison: list[DeadLetter[Origin]] = []
         for delivery in deliveries:
             decoded = decode_message(delivery.body)
             for tweet in decoded.tweets:
                 counted.append(CountedTweet.of(tweet))
-                tweets.setdefault(tweet.id, []).append((tweet, delivery))
+                sources.append((tweet, delivery))
             poison.extend(
                 DeadLetter(p.body, p.reason, delivery.origin, p.id) for p in decoded.poison
             )
-        if poison:
-            await self._until_done(lambda: self.dead_letters.send(poison), "dead-letter write")
         result = await self._until_done(lambda: self.store.record_batch(counted), "store write")
-        conflicts = [
-            DeadLetter(tweet.to_json(), ID_CONFLICT, delivery.origin, tweet.id)
-            for conflict_id in dict.fromkeys(result.conflicts)
-            for tweet, delivery in tweets[conflict_id][-1:]
-        ]
-        if conflicts:
-            await self._until_done(lambda: self.dead_letters.send(conflicts), "dead-letter write")
+        losers = conflict_letters(result, counted, sources)
+        parked = await self.dead_letter(poison + losers)
         return BatchOutcome(
             messages=len(deliveries),
             applied=result.new,
             duplicates=result.duplicates,
             poison=len(poison),
-            conflicts=len(result.conflicts),
+            conflicts=result.conflicts,
+            parked=parked,
         )
+
+    async def dead_letter(self, letters: Sequence[DeadLetter[Origin]]) -> int:
+        """Publish the dead letters within a bounded number of attempts, else park them in
+        the store (retried like a store write). Returns how many were parked."""
+        if not letters:
+            return 0
+        envelopes = [self._envelope(letter) for letter in letters]
+        if not self.parking:
+            self.backoff.reset()
+            for attempt in range(1, DEAD_LETTER_ATTEMPTS + 1):
+                try:
+                    await self.dead_letters.send(envelopes)
+                    return 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    await self.on_retry(exc, f"dead-letter write (attempt {attempt})")
+                    if attempt < DEAD_LETTER_ATTEMPTS:
+                        await self.backoff.sleep()
+            self.parking = True
+        entries = [e.to_json() for e in envelopes]
+        await self._until_done(lambda: self.store.park(entries), "parking dead letters")
+        return len(entries)
+
+    def _envelope(self, letter: DeadLetter[Origin]) -> Envelope:
+        """The sink's envelope; should a sink ever fail on a letter, one without origin."""
+        try:
+            return self.dead_letters.envelope(letter)
+        except Exception:
+            return Envelope.of(letter.body, letter.reason, letter.id)
+
+    async def publish_parked(self, limit: int = PARKED_BATCH) -> int:
+        """Publish the oldest parked dead letters; returns how many are still parked.
+        Parking stops once none is left (raises if the dead-letter broker still fails)."""
+        entries = await self.store.parked(limit)
+        if not entries:
+            self.parking = False
+            return 0
+        await self.dead_letters.send([parked_envelope(e) for e in entries])
+        left = await self.store.unpark(entries)
+        if not left:
+            self.parking = False
+        return left
+
+    async def record_skipped(self, skipped: Sequence[Skipped]) -> None:
+        """Count skipped ranges in the store before anything after them is committed."""
+        for skip in skipped:
+            await self._until_done(
+                lambda s=skip: self.store.record_skipped(s.source, s.first, s.last),  # type: ignore[misc]
+                "recording skipped records",
+            )
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry one step with backoff until it succeeds (the batch is held meanwhile)."""
@@ -142,6 +233,68 @@ class ConsumerCore(Generic[Origin]):
             except Exception as exc:
                 await self.on_retry(exc, what)
                 await self.backoff.sleep()
+
+
+def conflict_letters(
+    result: RecordResult,
+    counted: Sequence[CountedTweet],
+    sources: Sequence[tuple[Tweet, Delivery[Origin]]],
+) -> list[DeadLetter[Origin]]:
+    """One ``id-conflict`` dead letter per losing (id, content) of the batch: a refused
+    tweet as it came, a displaced one as the store knew it (its description was never kept)."""
+    letters: dict[tuple[str, str], DeadLetter[Origin]] = {}
+    for index in result.refused:
+        tweet, delivery = sources[index]
+        key = (tweet.id, counted[index].fingerprint)
+        letters.setdefault(key, DeadLetter(tweet.to_json(), ID_CONFLICT, delivery.origin, tweet.id))
+    for old in result.displaced:
+        body = json.dumps(
+            {
+                "id": old.id,
+                "country": old.country,
+                "weather": old.weather,
+                "fingerprint": old.fingerprint,
+                "displaced_by": counted[old.by].fingerprint,
+            }
+        ).encode()
+        origin = sources[old.by][1].origin
+        letters.setdefault((old.id, old.fingerprint), DeadLetter(body, ID_CONFLICT, origin, old.id))
+    return list(letters.values())
+
+
+def parked_envelope(entry: str) -> Envelope:
+    """A parked entry back as an envelope (an unreadable entry is dead-lettered as it is)."""
+    try:
+        return Envelope.from_json(entry)
+    except (ValueError, KeyError, TypeError):
+        return Envelope.of(entry.encode("utf-8", "backslashreplace"), "unreadable parked entry")
+
+
+def code_version(package: Path) -> str:
+    """A hash of the package's Python files: which code a process imported."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def config_version(settings: Settings, code: str) -> str:
+    """What a consumer runs: its settings and its code, in one short hash."""
+    content = settings.model_dump_json().encode() + b"\x00" + code.encode()
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+def stale_actors(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Consumers that answered with another settings-and-code version than ``version`` (an
+    actor of an earlier release reports none): they must be replaced. An actor that did not
+    answer is not judged here (it is recreated when dead)."""
+    return [
+        name
+        for name, status in statuses.items()
+        if not status.get("unreachable") and status.get("config_version") != version
+    ]
 
 
 class Source(Protocol[Origin]):
@@ -160,6 +313,11 @@ class Source(Protocol[Origin]):
 
     async def settle(self, batch: Sequence[Delivery[Origin]]) -> bool:
         """Commit or ack a handled batch; False when it will be redelivered instead."""
+        ...
+
+    def take_skipped(self) -> list[Skipped]:
+        """Ranges of records the broker deleted before they were read, found since the
+        last call (the source has moved on to the earliest record kept)."""
         ...
 
 
@@ -182,6 +340,7 @@ class ConsumerLoop:
         open_source: OpenSource,
         metrics: MetricsSink = NO_METRICS,
         node_id: str = "",
+        config_version: str = "",
     ) -> None:
         self.name = name
         self.kind = kind
@@ -189,6 +348,7 @@ class ConsumerLoop:
         self.open_source = open_source
         self.metrics = metrics
         self.node_id = node_id
+        self.config_version = config_version
         self.started_at = time.time()
         self.batches = 0
         self.messages = 0
@@ -197,6 +357,9 @@ class ConsumerLoop:
         self.duplicates = 0
         self.conflicts = 0
         self.retries = 0
+        self.parked = 0
+        self.parked_dead_letters = 0
+        self.skipped = 0
         self.loop_restarts = 0
         self.retrying = False
         self.connected = False
@@ -237,6 +400,9 @@ class ConsumerLoop:
             "poison": self.poison,
             "conflicts": self.conflicts,
             "retries": self.retries,
+            "parked": self.parked,
+            "parked_dead_letters": self.parked_dead_letters,
+            "skipped": self.skipped,
             "loop_restarts": self.loop_restarts,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
@@ -244,6 +410,7 @@ class ConsumerLoop:
             "started_at": self.started_at,
             "pid": os.getpid(),
             "node_id": self.node_id,
+            "config_version": self.config_version,
         }
 
     async def _supervised(self) -> None:
@@ -270,14 +437,45 @@ class ConsumerLoop:
             core = ConsumerCore(self.store, source.dead_letters, on_retry, backoff)
             self.connected = True
             backoff.reset()
+            parked = asyncio.get_running_loop().create_task(self._publish_parked(core))
             try:
                 while not self._stopping:
                     batch = await source.fetch()
+                    await self._skipped(core, source.take_skipped())
                     if batch:
                         outcome = await core.handle(batch)
                         self._done(outcome, acknowledged=await source.settle(batch))
             finally:
                 self.connected = False
+                parked.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await parked
+
+    async def _publish_parked(self, core: ConsumerCore[Any]) -> None:
+        """Every ``PARKED_CHECK_S``, publish parked dead letters (visible while any are left)."""
+        while not self._stopping:
+            try:
+                self.parked_dead_letters = await core.publish_parked()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.error(exc, "publishing parked dead letters failed; will retry")
+            self.metrics.set(PARKED_DEAD_LETTERS, self.parked_dead_letters, consumer=self.kind)
+            await asyncio.sleep(PARKED_CHECK_S)
+
+    async def _skipped(self, core: ConsumerCore[Any], skipped: Sequence[Skipped]) -> None:
+        """Count and report records the broker deleted before they were read."""
+        if not skipped:
+            return
+        await core.record_skipped(skipped)
+        for skip in skipped:
+            logger.error(
+                "%s: %d records of %s (offsets %d-%d) were deleted by the broker before they "
+                "were read: skipped, counted in the store's skipped records",
+                self.name, skip.count, skip.source, skip.first, skip.last,
+            )  # fmt: skip
+            self.skipped += skip.count
+            self.metrics.inc(SKIPPED_RECORDS, skip.count, consumer=self.kind)
 
     def error(self, exc: BaseException, what: str) -> None:
         """Keep the last error in the status and log it."""
@@ -301,6 +499,10 @@ class ConsumerLoop:
             ("dead_lettered", outcome.dead_lettered),
         ):
             self.metrics.inc(CONSUMER_TWEETS, value, consumer=self.kind, outcome=name)
+        if outcome.parked:
+            self.parked += outcome.parked
+            self.parked_dead_letters += outcome.parked
+            self.metrics.set(PARKED_DEAD_LETTERS, self.parked_dead_letters, consumer=self.kind)
         if not acknowledged:
             return
         self.batches += 1

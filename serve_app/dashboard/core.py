@@ -251,6 +251,10 @@ class DashboardCore:
                 "by_weather": store_stats["by_weather"] if store_stats else {},
                 "by_country_weather": store_stats["by_country_weather"] if store_stats else {},
                 "latest": store_stats.get("latest", []) if store_stats else [],
+                "parked_dead_letters": store_stats.get("parked_dead_letters")
+                if store_stats
+                else None,
+                "skipped": store_stats.get("skipped", {}) if store_stats else {},
                 "health": probe.get("health", unknown),
                 "used_memory": probe.get("used_memory"),
                 "ops_per_sec": probe.get("ops_per_sec"),

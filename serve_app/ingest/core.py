@@ -13,9 +13,10 @@ a retry with those ids is never counted twice, because the stores count an id on
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from serve_app.errors import PublishFailed, describe
 from serve_app.model.codec import Chunk, EncodedBatch
 from serve_app.model.metrics import (
     ACCEPTED,
+    ADMISSION_REFUSING,
     CHUNKS_PUBLISHED,
     NO_METRICS,
     REJECTED,
@@ -30,7 +32,13 @@ from serve_app.model.metrics import (
     UNKNOWN_BROKER,
     MetricsSink,
 )
-from serve_app.model.schema import Tweet, TweetIn, TweetRules, validate_tweets
+from serve_app.model.schema import (
+    Tweet,
+    TweetIn,
+    TweetRules,
+    TweetValidationError,
+    validate_tweets,
+)
 
 
 class Writer(Protocol):
@@ -71,6 +79,41 @@ def accept(
     ]
 
 
+def id_conflicts(tweets: Sequence[TweetIn]) -> list[dict[str, Any]]:
+    """One error per item whose id an earlier item of the same request uses with other
+    content, naming both indexes: the stores would keep only one of the two, and which one
+    would depend on the order each broker delivers them in."""
+    first: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    for index, tweet in enumerate(tweets):
+        if tweet.id is None:
+            continue
+        earlier = first.setdefault(tweet.id, index)
+        if earlier != index and _content(tweets[earlier]) != _content(tweet):
+            errors.append(
+                {
+                    "loc": [index, "id"],
+                    "msg": f"id {tweet.id!r} is also the id of tweets[{earlier}], "
+                    "whose content differs",
+                    "type": "id_conflict",
+                }
+            )
+    return errors
+
+
+def _content(tweet: TweetIn) -> tuple[str, str, str]:
+    """What the stores fingerprint: the normalised fields, not the client's spelling."""
+    return tweet.description, tweet.country, tweet.weather
+
+
+def distinct(tweets: Sequence[Tweet]) -> list[Tweet]:
+    """The tweets to publish: a tweet repeated in one request (same id, same content, as
+    :func:`id_conflicts` guarantees) is published once, so it costs one broker write and
+    the stores see no duplicate to discard."""
+    seen: set[str] = set()
+    return [t for t in tweets if not (t.id in seen or seen.add(t.id))]
+
+
 class FaceMetrics:
     """What a face (``rest`` or ``grpc``) counts: accepted tweets, refusals, 503s per broker."""
 
@@ -100,6 +143,9 @@ class IngestLimits:
     max_batch_tweets: int
     max_json_depth: int
     retry_after_s: int
+    stream_max_in_flight: int = 8
+    """Frames of one WebSocket connection being published at once; beyond it the face stops
+    reading, so a client faster than the brokers is slowed by TCP instead of buffered."""
 
 
 class Ingest:
@@ -113,6 +159,7 @@ class Ingest:
         max_chunk_bytes: int,
         publish_timeout_s: float,
         metrics: MetricsSink = NO_METRICS,
+        admission: Admission | None = None,
     ) -> None:
         self.writers = tuple(writers)
         self.rules = rules
@@ -120,16 +167,24 @@ class Ingest:
         self.max_chunk_bytes = max_chunk_bytes
         self.publish_timeout_s = publish_timeout_s
         self.metrics = metrics
+        self.admission = admission or Admission(AdmissionPolicy(), ())
 
     def face_metrics(self, face: str) -> FaceMetrics:
         return FaceMetrics(self.metrics, face)
 
     def validate(self, items: list[Any], *, index_errors: bool = True) -> list[TweetIn]:
-        """All-or-nothing: raises TweetValidationError naming every bad field."""
-        return validate_tweets(items, self.rules, index_errors=index_errors)
+        """All-or-nothing: raises TweetValidationError naming every bad field, and every
+        id that two items of the request use with different content."""
+        tweets = validate_tweets(items, self.rules, index_errors=index_errors)
+        conflicts = id_conflicts(tweets)
+        if conflicts:
+            raise TweetValidationError(conflicts)
+        return tweets
 
     async def publish(self, tweets: Sequence[Tweet]) -> None:
-        """Encode once, write to every broker at the same time, within one deadline."""
+        """Encode once, write to every broker at the same time, within one deadline; refused
+        up front (PublishFailed, i.e. 503) while admission control holds new tweets back."""
+        self.admission.check()
         encoded = EncodedBatch(tweets, self.max_chunk_bytes)
         timeout_s = self.publish_timeout_s
         results = await asyncio.gather(
@@ -147,6 +202,7 @@ class Ingest:
     async def _write(self, writer: Writer, chunks: list[Chunk], timeout_s: float) -> int:
         async with asyncio.timeout(timeout_s):
             confirmed = await writer.write(chunks, timeout_s)
+        self.admission.published(writer.broker, chunks)
         self.metrics.inc(CHUNKS_PUBLISHED, confirmed, broker=writer.broker)
         return confirmed
 
@@ -163,3 +219,169 @@ class Ingest:
 
         reports = await asyncio.gather(*(check(w) for w in self.writers))
         return {w.broker: r for w, r in zip(self.writers, reports, strict=True)}
+
+
+@dataclass(frozen=True)
+class BacklogLimit:
+    """What one broker keeps of an undrained backlog before anything could be lost: a byte
+    budget (below its retention bytes or its alarms) and, for a broker that deletes by age,
+    how long a backlog may go without draining (``None``: kept until consumed)."""
+
+    max_bytes: int
+    max_stall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """When ingest stops taking tweets in. No limits: it never refuses (tools, tests)."""
+
+    limits: Mapping[str, BacklogLimit] = field(default_factory=dict)
+    resume_ratio: float = 0.8
+    """Refusing stops only below this share of ``max_bytes``, so the answer does not flap."""
+    stale_after_s: float = 30.0
+    """A backlog unread for longer is unknown, and an unknown backlog is not admitted."""
+    assumed_message_bytes: int = 1024
+    """Bytes per broker message until this replica has published one (then its mean)."""
+
+
+@dataclass
+class Backlog:
+    """One broker's last backlog reading and what admission made of it."""
+
+    messages: int | None = None
+    read_at: float = 0.0
+    """Clock of the last good reading (the replica's start before the first one)."""
+    draining_at: float = 0.0
+    """Clock when the backlog was last empty or shrinking: the consumer's last sign of life."""
+    error: str = ""
+    refusing: str = ""
+    """Why new tweets are refused; empty while admitting."""
+
+
+class Admission:
+    """Admission control from the brokers' backlogs (Kafka consumer-group lag, RabbitMQ
+    queue depth), read by :meth:`run` at most once per interval, never per request.
+
+    A 202 promises a count in both stores, so a tweet must not be taken in while a broker
+    may delete it before its consumer reads it: Kafka deletes by size and age (retention),
+    and RabbitMQ blocks every publisher (and the dead-letter step) at its memory and disk
+    alarms. Bytes are estimated as messages × the mean size of the messages this replica
+    published to that broker (the probes count messages, the limits are in bytes).
+    """
+
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        brokers: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        now = clock()
+        watched = [b for b in brokers if b in policy.limits]
+        self.backlogs = {b: Backlog(read_at=now, draining_at=now) for b in watched}
+        self._sent = {b: [0, 0] for b in watched}  # [messages, bytes] published
+
+    def published(self, broker: str, chunks: Sequence[Chunk]) -> None:
+        """Learn the size of this broker's messages from what it just confirmed."""
+        sent = self._sent.get(broker)
+        if sent is not None:
+            sent[0] += len(chunks)
+            sent[1] += sum(len(c.body) for c in chunks)
+
+    def message_bytes(self, broker: str) -> float:
+        messages, size = self._sent[broker]
+        return size / messages if messages else self.policy.assumed_message_bytes
+
+    def estimated_bytes(self, broker: str) -> int:
+        messages = self.backlogs[broker].messages or 0
+        return round(messages * self.message_bytes(broker))
+
+    def record(self, broker: str, messages: int) -> None:
+        """A reading of the backlog, in messages."""
+        backlog, now = self.backlogs[broker], self.clock()
+        if backlog.messages is None or messages == 0 or messages < backlog.messages:
+            backlog.draining_at = now
+        backlog.messages, backlog.read_at, backlog.error = messages, now, ""
+        backlog.refusing = self._decide(broker, backlog, now)
+
+    def failed(self, broker: str, exc: BaseException) -> None:
+        """A reading that did not come: the last one holds until it is stale."""
+        self.backlogs[broker].error = describe(exc)
+
+    def _decide(self, broker: str, backlog: Backlog, now: float) -> str:
+        limit = self.policy.limits[broker]
+        ratio = self.policy.resume_ratio if backlog.refusing else 1.0
+        estimate = self.estimated_bytes(broker)
+        if estimate >= limit.max_bytes * ratio:
+            return (
+                f"backlog of {backlog.messages} messages (~{estimate} bytes) is over "
+                f"{ratio:.0%} of the {limit.max_bytes} bytes admitted before the consumers drain it"
+            )
+        stalled_s = now - backlog.draining_at
+        if limit.max_stall_s is not None and backlog.messages and stalled_s >= limit.max_stall_s:
+            return (
+                f"backlog of {backlog.messages} messages has not drained for {stalled_s:.0f} s "
+                f"(limit {limit.max_stall_s:g} s)"
+            )
+        return ""
+
+    def refusals(self) -> dict[str, str]:
+        """Each broker for which new tweets are refused right now, with why."""
+        now, stale_s = self.clock(), self.policy.stale_after_s
+        reasons = {}
+        for broker, backlog in self.backlogs.items():
+            unknown_s = now - backlog.read_at
+            if unknown_s > stale_s:
+                reasons[broker] = (
+                    f"backlog unknown for {unknown_s:.0f} s ({backlog.error or 'no reading'})"
+                )
+            elif backlog.refusing:
+                reasons[broker] = backlog.refusing
+        return reasons
+
+    def check(self) -> None:
+        """Raise the 503 of a refused publish (the faces answer it with the ids to retry)."""
+        reasons = self.refusals()
+        if reasons:
+            raise PublishFailed(reasons)
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """What ``GET /health`` shows for each broker watched."""
+        reasons = self.refusals()
+        return {
+            broker: {
+                "admitting": broker not in reasons,
+                "backlog_messages": backlog.messages,
+                "backlog_bytes_estimate": self.estimated_bytes(broker),
+                "max_bytes": self.policy.limits[broker].max_bytes,
+                "detail": reasons.get(broker, "ok"),
+            }
+            for broker, backlog in self.backlogs.items()
+        }
+
+    async def poll(
+        self, readers: Mapping[str, Callable[[], Awaitable[int]]], metrics: MetricsSink
+    ) -> None:
+        """Read every backlog once (concurrently) and export whether each broker refuses."""
+        brokers = [b for b in readers if b in self.backlogs]
+        readings = await asyncio.gather(*(readers[b]() for b in brokers), return_exceptions=True)
+        for broker, reading in zip(brokers, readings, strict=True):
+            if isinstance(reading, BaseException):
+                self.failed(broker, reading)
+            else:
+                self.record(broker, reading)
+        reasons = self.refusals()
+        for broker in self.backlogs:
+            metrics.set(ADMISSION_REFUSING, float(broker in reasons), broker=broker)
+
+    async def run(
+        self,
+        readers: Mapping[str, Callable[[], Awaitable[int]]],
+        metrics: MetricsSink,
+        interval_s: float,
+    ) -> None:
+        """Poll forever, one round per ``interval_s`` at most (the replica's background task)."""
+        while True:
+            await self.poll(readers, metrics)
+            await asyncio.sleep(interval_s)

@@ -4,7 +4,8 @@ A thin adapter. The REST face (:mod:`serve_app.ingest.rest`) and the gRPC face
 (:mod:`serve_app.ingest.grpc`) run over one :class:`serve_app.ingest.core.Ingest`, whose two writers
 are the ``KafkaWriter`` and ``RabbitWriter`` deployments passed in with ``.bind()``. What the
 adapter adds is Serve's part: one coalescing layer (``serve.batch``) for both faces, tuned by
-``user_config`` through :meth:`reconfigure`, and the one deadline per request.
+``user_config`` through :meth:`reconfigure`, the one deadline per request, and the replica's
+backlog poller for admission control (the brokers' own probes, read once per second).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 from starlette.routing import Route
 
-from serve_app.brokers.kafka import KafkaChunkWriter
-from serve_app.brokers.rabbitmq import RabbitChunkWriter
+from serve_app.brokers.kafka import KafkaChunkWriter, KafkaProbe
+from serve_app.brokers.rabbitmq import RabbitChunkWriter, RabbitProbe
 from serve_app.errors import PublishFailed
-from serve_app.ingest.core import Ingest, IngestLimits
+from serve_app.ingest.core import Admission, AdmissionPolicy, BacklogLimit, Ingest, IngestLimits
 from serve_app.ingest.docs import docs_routes
 from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.rest import build_rest_app
@@ -65,7 +66,24 @@ def limits_from(config: Settings) -> IngestLimits:
         max_batch_tweets=config.max_batch_tweets,
         max_json_depth=config.max_json_depth,
         retry_after_s=config.retry_after_s,
+        stream_max_in_flight=config.stream_max_in_flight,
     )
+
+
+def admission_from(config: Settings) -> Admission:
+    """Kafka deletes by size and age; RabbitMQ keeps messages until consumed, but blocks
+    publishers at its alarms: a byte budget for both, a drain deadline for Kafka."""
+    policy = AdmissionPolicy(
+        limits={
+            KafkaChunkWriter.broker: BacklogLimit(
+                config.admission_kafka_max_bytes, config.admission_kafka_max_stall_s
+            ),
+            RabbitChunkWriter.broker: BacklogLimit(config.admission_rabbitmq_max_bytes),
+        },
+        resume_ratio=config.admission_resume_ratio,
+        stale_after_s=config.admission_stale_after_s,
+    )
+    return Admission(policy, (KafkaChunkWriter.broker, RabbitChunkWriter.broker))
 
 
 @serve.deployment
@@ -86,9 +104,28 @@ class Gateway:
             max_chunk_bytes=config.max_chunk_bytes,
             publish_timeout_s=config.publish_timeout_s,
             metrics=ray_metrics(),
+            admission=admission_from(config),
         )
+        self._config = config
         self._stores = both_stores(config)
         self._grpc = PublisherService(self.ingest, self.publish)
+
+    async def _watch_backlogs(self) -> None:
+        """The replica's one backlog poller (the app's lifespan runs it), never per request."""
+        async with KafkaProbe(self._config) as kafka, RabbitProbe(self._config) as rabbit:
+
+            async def depth() -> int:
+                try:
+                    return await rabbit.depth()
+                except Exception:  # reconnect next time, as RabbitProbe.read does
+                    await rabbit.close()
+                    raise
+
+            await self.ingest.admission.run(
+                {KafkaChunkWriter.broker: kafka.lag, RabbitChunkWriter.broker: depth},
+                self.ingest.metrics,
+                self._config.admission_poll_interval_s,
+            )
 
     def __serve_build_asgi_app__(self) -> Starlette:
         async def to_dashboard(request: Request) -> RedirectResponse:
@@ -99,6 +136,7 @@ class Gateway:
             self.publish,
             lambda latest: read_side_by_side(self._stores, latest),
             extra_routes=[Route("/", to_dashboard, methods=["GET"]), *docs_routes("/openapi.json")],
+            background=self._watch_backlogs,
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 
 from serve_app.errors import PublishFailed, describe
-from serve_app.ingest.core import Ingest, accept, request_id_prefix
+from serve_app.ingest.core import Ingest, accept, distinct, request_id_prefix
 from serve_app.ingest.rest import Publish
 from serve_app.model.schema import Tweet, TweetValidationError
 from serve_app.pb.weather.v1 import weather_pb2
@@ -91,8 +91,9 @@ class PublisherService:
             return []
         prefix = request_id_prefix()
         accepted: list[Tweet] = accept(tweets, prefix)
+        unique = distinct(accepted)
         try:
-            await self.publish(accepted)
+            await self.publish(unique)
         except Exception as exc:  # PublishFailed, a dead writer, a deadline: all retryable
             reason = str(exc) if isinstance(exc, PublishFailed) else describe(exc)
             self.counted.unavailable(grpc.StatusCode.UNAVAILABLE.name, exc)
@@ -105,5 +106,5 @@ class PublisherService:
                 )
             )
             return []
-        self.counted.accepted(len(accepted))
+        self.counted.accepted(len(unique))
         return [t.id for t in accepted]

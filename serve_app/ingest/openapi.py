@@ -26,7 +26,13 @@ def openapi_document(limits: IngestLimits) -> dict[str, Any]:
             "title": "Weather tweets ingestion",
             "version": "1.0.0",
             "description": "Every 202 means the tweet is in Kafka and RabbitMQ and will be "
-            "counted exactly once in Redis and Valkey.",
+            "counted exactly once in Redis and Valkey. For sources that send continuously, "
+            "the WebSocket `/input/stream` takes one `POST /input` body per text frame and "
+            "answers each frame, in order, with one JSON acknowledgement: `frame` (its number "
+            "from 0), `status` (what `POST /input` would have answered) and that answer's body "
+            f"(plus `retry_after` on a 503); at most {limits.stream_max_in_flight} frames of "
+            "a connection are published at once, and no more is read until the oldest is "
+            "acknowledged.",
         },
         "paths": {
             "/input": {
@@ -82,10 +88,14 @@ def openapi_document(limits: IngestLimits) -> dict[str, Any]:
                         ),
                         "413": _error(f"Body over {limits.max_body_bytes} bytes"),
                         "415": _error("Content-Type is not application/json; charset=utf-8"),
-                        "422": _error("Schema violation; details name index and field"),
+                        "422": _error(
+                            "Schema violation, or one id with two contents in a batch; "
+                            "details name index and field"
+                        ),
                         "503": _error(
-                            "A broker is unreachable or slow; retry the same ids after "
-                            "Retry-After seconds"
+                            "A broker is unreachable or slow, or its undrained backlog is "
+                            "near what it keeps (admission control); retry the same ids "
+                            "after Retry-After seconds"
                         ),
                     },
                 }

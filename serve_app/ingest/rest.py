@@ -1,4 +1,5 @@
-"""Stage 1, REST face: ``POST /input``, ``GET /health``, ``GET /stats``, ``GET /openapi.json``.
+"""Stage 1, REST face: ``POST /input``, ``/input/stream`` (WebSocket), ``GET /health``,
+``GET /stats``, ``GET /openapi.json``.
 
 A Starlette application over :class:`serve_app.ingest.core.Ingest` (no Ray in here: the
 ``Gateway`` deployment serves it, the unit tests call it with Starlette's TestClient).
@@ -12,19 +13,23 @@ most ``max_json_depth`` levels deep.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serve_app.errors import PipelineError, PublishFailed, describe
-from serve_app.ingest.core import Ingest, IngestLimits, accept
+from serve_app.ingest.core import FaceMetrics, Ingest, IngestLimits, accept, distinct
 from serve_app.ingest.openapi import openapi_document
 from serve_app.model.schema import Tweet, TweetIn, TweetValidationError
 
@@ -32,7 +37,10 @@ log = logging.getLogger("ray.serve")
 
 Publish = Callable[[list[Tweet]], Awaitable[None]]
 ReadStats = Callable[[int], Awaitable[tuple[dict[str, Any], bool]]]
+Background = Callable[[], Awaitable[None]]
 MAX_LATEST = 1000
+Answer = tuple[int, dict[str, Any]]
+"""A publish request's outcome on any transport: HTTP status and JSON body."""
 
 
 class HTTPError(PipelineError):
@@ -174,10 +182,104 @@ def _where(loc: Sequence[Any]) -> str:
     return ".".join(index + fields) or "tweet"
 
 
-def unavailable(message: str, ids: Sequence[str], limits: IngestLimits, **details: Any) -> Response:
-    """503 + Retry-After + the ids: the one answer for any failure on our side."""
-    error = HTTPError(503, f"{message}; retry with the same ids", ids=list(ids), **details)
-    return error.response({"Retry-After": str(limits.retry_after_s)})
+def unavailable(message: str, ids: Sequence[str], **details: Any) -> Answer:
+    """503 + the ids: the one answer for any failure on our side (Retry-After is added by
+    the transport: a header on HTTP, a field of the acknowledgement on a WebSocket)."""
+    return 503, {"error": f"{message}; retry with the same ids", "ids": list(ids), **details}
+
+
+async def submit(
+    body: bytes, idempotency_key: str | None, ingest: Ingest, publish: Publish, counted: FaceMetrics
+) -> Answer:
+    """One publish request, whichever transport carried it: parse, validate, give ids,
+    publish once per distinct tweet. Bad input raises :class:`HTTPError` (4xx); every
+    failure of ours is a 503 answer naming the ids to retry with."""
+    tweets, is_batch = parse_tweets(body, idempotency_key, ingest)
+    accepted = accept(tweets)
+    ids = [t.id for t in accepted]
+    unique = distinct(accepted)
+    try:
+        await publish(unique)
+    except PublishFailed as exc:
+        counted.unavailable("503", exc)
+        return unavailable(str(exc), ids, brokers=exc.reasons)
+    except Exception as exc:  # a dead writer, a bug: still ours, still retryable
+        log.warning("publish failed: %s", describe(exc), exc_info=exc)
+        counted.unavailable("503", exc)
+        return unavailable(f"publish failed ({describe(exc)})", ids)
+    counted.accepted(len(unique))
+    if is_batch:
+        return 202, {"accepted": len(unique), "ids": ids}
+    return 202, {"accepted": 1, "id": ids[0]}
+
+
+def http_answer(answer: Answer, limits: IngestLimits) -> JSONResponse:
+    status, body = answer
+    headers = {"Retry-After": str(limits.retry_after_s)} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+Take = Callable[[dict[str, Any]], Awaitable[Answer]]
+"""Publishes one WebSocket message (the ASGI ``websocket.receive`` event)."""
+
+
+def frame_body(message: dict[str, Any], limits: IngestLimits) -> bytes:
+    """A text frame is a ``POST /input`` body, under the same size limit."""
+    text = message.get("text")
+    if text is None:
+        raise HTTPError(415, "send each tweet or array of tweets as a JSON text frame")
+    body = text.encode()
+    if len(body) > limits.max_body_bytes:
+        raise HTTPError(413, f"frame exceeds the limit of {limits.max_body_bytes} bytes")
+    return body
+
+
+async def frame_answer(
+    frame: int, message: dict[str, Any], limits: IngestLimits, take: Take
+) -> dict[str, Any]:
+    """The acknowledgement of one frame: ``status`` and body are what ``POST /input`` would
+    have answered, plus the frame's number (from 0) and ``retry_after`` on a 503."""
+    try:
+        status, answer = await take(message)
+    except HTTPError as exc:
+        status, answer = exc.status, {"error": exc.message, **exc.details}
+    retry = {"retry_after": limits.retry_after_s} if status == 503 else {}
+    return {"frame": frame, "status": status, **answer, **retry}
+
+
+async def stream_frames(websocket: WebSocket, limits: IngestLimits, take: Take) -> None:
+    """Read frames and publish up to ``stream_max_in_flight`` of them at once, acknowledging
+    each in the order it came. At the bound the reader stops reading until the oldest frame
+    is acknowledged, so a client that sends faster than both brokers confirm fills its TCP
+    window instead of our memory. A client that leaves gets no more acknowledgements; the
+    frames already being published finish (and are answered to nobody)."""
+    slots = asyncio.Semaphore(limits.stream_max_in_flight)
+    pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue()
+
+    async def read() -> None:
+        for frame in itertools.count():
+            await slots.acquire()
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            pending.put_nowait(asyncio.create_task(frame_answer(frame, message, limits, take)))
+        pending.put_nowait(None)
+
+    async def acknowledge() -> None:
+        while (task := await pending.get()) is not None:
+            await websocket.send_json(await task)
+            slots.release()
+
+    reader, sender = asyncio.create_task(read()), asyncio.create_task(acknowledge())
+    try:
+        await asyncio.wait((reader, sender), return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in (reader, sender):
+            task.cancel()
+            with contextlib.suppress(
+                asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError
+            ):
+                await task
 
 
 def build_rest_app(
@@ -185,43 +287,43 @@ def build_rest_app(
     publish: Publish,
     read_stats: ReadStats,
     extra_routes: Sequence[BaseRoute] = (),
+    background: Background | None = None,
 ) -> Starlette:
     """The REST face. ``publish`` owns the deadline (the Gateway's coalesced write);
-    ``read_stats(latest)`` returns both stores' counts and whether all answered."""
+    ``read_stats(latest)`` returns both stores' counts and whether all answered;
+    ``background`` runs for the app's lifetime (the Gateway's backlog poller)."""
     limits = ingest.limits
     counted = ingest.face_metrics("rest")
+    streamed = ingest.face_metrics("stream")
 
     async def post_input(request: Request) -> Response:
         try:
-            return await take_input(request)
+            check_content_type(request.headers.get("content-type"))
+            body = await read_body(request, limits.max_body_bytes)
+            key = request.headers.get("idempotency-key")
+            return http_answer(await submit(body, key, ingest, publish, counted), limits)
         except HTTPError as exc:
             counted.rejected(str(exc.status))
             raise
 
-    async def take_input(request: Request) -> Response:
-        check_content_type(request.headers.get("content-type"))
-        body = await read_body(request, limits.max_body_bytes)
-        tweets, is_batch = parse_tweets(body, request.headers.get("idempotency-key"), ingest)
-        accepted = accept(tweets)
-        ids = [t.id for t in accepted]
+    async def take_frame(message: dict[str, Any]) -> Answer:
         try:
-            await publish(accepted)
-        except PublishFailed as exc:
-            counted.unavailable("503", exc)
-            return unavailable(str(exc), ids, limits, brokers=exc.reasons)
-        except Exception as exc:  # a dead writer, a bug: still ours, still retryable
-            log.warning("publish failed: %s", describe(exc), exc_info=exc)
-            counted.unavailable("503", exc)
-            return unavailable(f"publish failed ({describe(exc)})", ids, limits)
-        counted.accepted(len(ids))
-        if is_batch:
-            return JSONResponse({"accepted": len(ids), "ids": ids}, status_code=202)
-        return JSONResponse({"accepted": 1, "id": ids[0]}, status_code=202)
+            return await submit(frame_body(message, limits), None, ingest, publish, streamed)
+        except HTTPError as exc:
+            streamed.rejected(str(exc.status))
+            raise
+
+    async def input_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await stream_frames(websocket, limits, take_frame)
 
     async def get_health(request: Request) -> Response:
         brokers = await ingest.health()
         healthy = all(b["ok"] for b in brokers.values())
-        body = {"status": "ok" if healthy else "unavailable", "app": {"ok": True}, **brokers}
+        admission = ingest.admission.report()
+        admitting = all(a["admitting"] for a in admission.values())
+        status = "unavailable" if not healthy else "ok" if admitting else "degraded"
+        body = {"status": status, "app": {"ok": True}, **brokers, "admission": admission}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def get_stats(request: Request) -> Response:
@@ -245,8 +347,22 @@ def build_rest_app(
         body = {"error": message.get(exc.status_code, exc.detail)}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """Run ``background`` while the app serves; cancel it when the replica stops."""
+        if background is None:
+            yield
+            return
+        task = asyncio.create_task(background())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
     routes: list[BaseRoute] = [
         Route("/input", post_input, methods=["POST"]),
+        WebSocketRoute("/input/stream", input_stream),
         Route("/health", get_health, methods=["GET"]),
         Route("/stats", get_stats, methods=["GET"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),
@@ -255,4 +371,5 @@ def build_rest_app(
     return Starlette(
         routes=routes,
         exception_handlers={HTTPError: http_error, HTTPException: starlette_error},
+        lifespan=lifespan,
     )

@@ -74,6 +74,26 @@ DEAD_LETTERS = Metric(
     "Messages in the dead-letter topic (Kafka) or dead-letter queue (RabbitMQ).",
     ("broker",),
 )
+ADMISSION_REFUSING = Metric(
+    "weather_ingest_refusing",
+    "gauge",
+    "1 while a Gateway replica refuses new tweets (503) because a broker's undrained "
+    "backlog is near what the broker keeps, or unknown; else 0 (set once per second).",
+    ("broker",),
+)
+PARKED_DEAD_LETTERS = Metric(
+    "weather_parked_dead_letters",
+    "gauge",
+    "Dead letters parked in a consumer's store because the dead-letter broker could not take "
+    "them (alarm, outage); published again in the background.",
+    ("consumer",),
+)
+SKIPPED_RECORDS = Metric(
+    "weather_skipped_records",
+    "counter",
+    "Broker records deleted before a consumer read them (Kafka retention): never counted.",
+    ("consumer",),
+)
 
 ALL: tuple[Metric, ...] = (
     ACCEPTED,
@@ -83,9 +103,12 @@ ALL: tuple[Metric, ...] = (
     CONSUMER_TWEETS,
     BACKLOG,
     DEAD_LETTERS,
+    ADMISSION_REFUSING,
+    PARKED_DEAD_LETTERS,
+    SKIPPED_RECORDS,
 )
 
-FACES = ("rest", "grpc")
+FACES = ("rest", "grpc", "stream")
 OUTCOMES = ("applied", "duplicate", "dead_lettered")
 UNKNOWN_BROKER = "unknown"
 """The ``broker`` of a 503 whose cause named no broker (e.g. a writer replica died)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,44 +15,82 @@ import redis.asyncio as aioredis
 from serve_app.errors import describe
 from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
 from serve_app.settings import Settings
-from serve_app.store.core import KEYS, CountedTweet, RecordResult
+from serve_app.store.core import KEYS, CountedTweet, Displaced, RecordResult
 
 # One atomic round trip per batch. For each tweet not seen before (SET NX with a TTL, the
-# value a fingerprint of its content), bump every counter and push it on the capped latest
-# list. An id seen before with the same content (a redelivery, a client's retry) changes
-# nothing; with other content it is a conflict: never counted, returned so the consumer
-# dead-letters it, and counted once in tweets:conflicts (its own marker, so a redelivered
-# conflict is not counted again). Markers of older releases hold '1': same content assumed.
+# value its marker: content fingerprint, country, weather), bump every counter and push it on
+# the capped latest list. An id seen before with the same content (a redelivery, a client's
+# retry) changes nothing. With other content it is a conflict, won by the smaller
+# fingerprint whatever the order (so both stores keep the same tweet): a loser arriving
+# later is refused (never counted); a winner arriving later takes the id over, moving the
+# counts from the old content to its own (the old tweet is then the loser). Each loser is
+# returned so the consumer dead-letters it, and counted once in tweets:conflicts (its own
+# marker, so a redelivered conflict is not counted again). Markers of older releases hold
+# '1' (same content assumed) or a bare fingerprint (no dimensions to move: first wins).
 _RECORD_BATCH_LUA = """
 local ttl = tonumber(ARGV[1])
 local latest_len = tonumber(ARGV[2])
 local seen_prefix, conflict_prefix = ARGV[3], ARGV[4]
-local new, duplicates, conflicts = 0, 0, {}
+local new, duplicates, refused, displaced, counted_at = 0, 0, {}, {}, {}
+local function bump(country, weather, delta)
+  local fields = {{KEYS[2], country}, {KEYS[3], weather}, {KEYS[4], country .. ':' .. weather}}
+  for _, f in ipairs(fields) do
+    if redis.call('HINCRBY', f[1], f[2], delta) == 0 then redis.call('HDEL', f[1], f[2]) end
+  end
+end
+local function conflict(id, fp)
+  if redis.call('SET', conflict_prefix .. id .. ':' .. fp, '1', 'NX', 'EX', ttl) then
+    redis.call('INCR', KEYS[6])
+  end
+end
+local n = -1
 for i = 5, #ARGV, 5 do
+  n = n + 1
   local id, fp, country, weather, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  if redis.call('SET', seen_prefix .. id, fp, 'NX', 'EX', ttl) then
+  local key, marker = seen_prefix .. id, fp .. ':' .. country .. ':' .. weather
+  if redis.call('SET', key, marker, 'NX', 'EX', ttl) then
     new = new + 1
-    redis.call('HINCRBY', KEYS[2], country, 1)
-    redis.call('HINCRBY', KEYS[3], weather, 1)
-    redis.call('HINCRBY', KEYS[4], country .. ':' .. weather, 1)
+    bump(country, weather, 1)
     redis.call('LPUSH', KEYS[5], body)
+    counted_at[id] = n
   else
-    local seen = redis.call('GET', seen_prefix .. id)
-    if seen == false or seen == fp or seen == '1' then
+    local seen = redis.call('GET', key)
+    local seen_fp = seen and string.sub(seen, 1, 16)
+    if seen == false or seen == '1' or seen_fp == fp then
       duplicates = duplicates + 1
-    else
-      conflicts[#conflicts + 1] = id
-      if redis.call('SET', conflict_prefix .. id .. ':' .. fp, '1', 'NX', 'EX', ttl) then
-        redis.call('INCR', KEYS[6])
+    elseif fp < seen_fp and string.len(seen) > 17 then
+      bump(string.sub(seen, 18, 19), string.sub(seen, 21), -1)
+      bump(country, weather, 1)
+      redis.call('SET', key, marker, 'KEEPTTL')
+      redis.call('LPUSH', KEYS[5], body)
+      conflict(id, seen_fp)
+      if counted_at[id] then
+        refused[#refused + 1] = counted_at[id]
+      else
+        displaced[#displaced + 1] = {n, id, seen}
       end
+      counted_at[id] = n
+    else
+      refused[#refused + 1] = n
+      conflict(id, fp)
     end
   end
 end
 if new > 0 then
   redis.call('INCRBY', KEYS[1], new)
-  redis.call('LTRIM', KEYS[5], 0, latest_len - 1)
 end
-return {new, duplicates, conflicts}
+redis.call('LTRIM', KEYS[5], 0, latest_len - 1)
+return {new, duplicates, refused, displaced}
+"""
+
+# Skipped broker records (retention deleted what the consumer had not read): each range is
+# counted once, however often it is detected again (a restart before the next commit).
+_RECORD_SKIPPED_LUA = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[4]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[2], tonumber(ARGV[3]))
+  return 1
+end
+return 0
 """
 
 
@@ -86,6 +125,7 @@ class TweetStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self._record = client.register_script(_RECORD_BATCH_LUA)
+        self._skip = client.register_script(_RECORD_SKIPPED_LUA)
         self._ttl = settings.seen_id_ttl_s
         self._latest_len = settings.latest_tweets_length
 
@@ -98,8 +138,39 @@ class TweetStore:
             args.extend((t.id, t.fingerprint, t.country, t.weather, t.body))
         keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,
                 KEYS.latest, KEYS.conflicts]  # fmt: skip
-        new, duplicates, conflicts = await self._record(keys=keys, args=args)
-        return RecordResult(int(new), int(duplicates), tuple(conflicts))
+        new, duplicates, refused, displaced = await self._record(keys=keys, args=args)
+        return RecordResult(
+            int(new),
+            int(duplicates),
+            tuple(int(i) for i in refused),
+            tuple(Displaced.of(int(by), id_, seen) for by, id_, seen in displaced),
+        )
+
+    async def park(self, entries: Sequence[str]) -> None:
+        """Keep dead letters that could not be published (oldest first) until they are."""
+        if entries:
+            await self.client.rpush(KEYS.parked_dead_letters, *entries)
+
+    async def parked(self, limit: int) -> list[str]:
+        """The oldest parked dead letters (not removed: see :meth:`unpark`)."""
+        return list(await self.client.lrange(KEYS.parked_dead_letters, 0, limit - 1))
+
+    async def unpark(self, entries: Sequence[str]) -> int:
+        """Drop dead letters that were published; returns how many are still parked.
+        (Two consumers on one store may both publish an entry: at least once, never lost.)"""
+        async with self.client.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                pipe.lrem(KEYS.parked_dead_letters, 1, entry)
+            pipe.llen(KEYS.parked_dead_letters)
+            results = await pipe.execute()
+        return int(results[-1])
+
+    async def record_skipped(self, source: str, first: int, last: int) -> bool:
+        """Count the skipped records ``first``..``last`` of ``source`` (a topic partition)
+        once; True if the range was new."""
+        keys = [KEYS.skipped, KEYS.skipped_ranges]
+        args = [f"{source}:{first}-{last}", source, last - first + 1, int(time.time())]
+        return bool(await self._skip(keys=keys, args=args))
 
     async def read_stats(self, latest: int = 0) -> dict[str, Any]:
         """Totals and breakdowns read in one MULTI so they agree with each other."""
@@ -109,6 +180,8 @@ class TweetStore:
             pipe.hgetall(KEYS.by_weather)
             pipe.hgetall(KEYS.by_country_weather)
             pipe.get(KEYS.conflicts)
+            pipe.llen(KEYS.parked_dead_letters)
+            pipe.hgetall(KEYS.skipped)
             if latest:
                 pipe.lrange(KEYS.latest, 0, latest - 1)
             results = await pipe.execute()
@@ -118,9 +191,11 @@ class TweetStore:
             "by_weather": _ints(results[2]),
             "by_country_weather": _ints(results[3]),
             "conflicts": int(results[4] or 0),
+            "parked_dead_letters": int(results[5]),
+            "skipped": _ints(results[6]),
         }
         if latest:
-            stats["latest"] = [json.loads(raw) for raw in results[5]]
+            stats["latest"] = [json.loads(raw) for raw in results[7]]
         return stats
 
     async def latest_length(self) -> int:

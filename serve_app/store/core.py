@@ -23,6 +23,9 @@ class StoreKeys:
     by_country_weather: str = "tweets:by_country_weather"
     latest: str = "tweets:latest"
     conflicts: str = "tweets:conflicts"
+    parked_dead_letters: str = "tweets:dead_letters:parked"
+    skipped: str = "tweets:skipped"
+    skipped_ranges: str = "tweets:skipped:ranges"
     seen_prefix: str = "tweets:seen:"
     conflict_prefix: str = "tweets:conflict:"
 
@@ -39,6 +42,8 @@ class StoreKeys:
             self.by_country_weather,
             self.latest,
             self.conflicts,
+            self.parked_dead_letters,
+            self.skipped,
         )
 
 
@@ -74,10 +79,49 @@ class CountedTweet:
         )
 
 
+FINGERPRINT_CHARS = 16
+
+
+def marker(tweet: CountedTweet) -> str:
+    """The value of ``tweets:seen:<id>``: the counted content's fingerprint and its two
+    dimensions, so a later tweet that wins the id can move the counts (``fp:CC:weather``)."""
+    return f"{tweet.fingerprint}:{tweet.country}:{tweet.weather}"
+
+
+def wins(fingerprint: str, counted: str) -> bool:
+    """The deterministic winner of two tweets with one id: the smaller fingerprint, so every
+    store keeps the same one whatever order it sees them in."""
+    return fingerprint < counted
+
+
+@dataclass(frozen=True)
+class Displaced:
+    """A tweet counted in an earlier batch that a tweet of this batch (``by``: its index)
+    beat for the same id: its counts moved to the winner, and it is the conflict."""
+
+    by: int
+    id: str
+    fingerprint: str
+    country: str
+    weather: str
+
+    @classmethod
+    def of(cls, by: int, id_: str, seen: str) -> Displaced:
+        """From the marker the store held (``fp:CC:weather``)."""
+        return cls(by, id_, seen[:FINGERPRINT_CHARS], seen[17:19], seen[20:])
+
+
 @dataclass(frozen=True)
 class RecordResult:
-    """What one batch did: new tweets counted, duplicates ignored, conflicting ids refused."""
+    """What one batch did: new tweets counted, duplicates ignored, and the losers of id
+    conflicts: ``refused`` (indexes into the batch, never counted) and ``displaced``
+    (counted before, beaten by a tweet of this batch)."""
 
     new: int = 0
     duplicates: int = 0
-    conflicts: tuple[str, ...] = ()
+    refused: tuple[int, ...] = ()
+    displaced: tuple[Displaced, ...] = ()
+
+    @property
+    def conflicts(self) -> int:
+        return len(self.refused) + len(self.displaced)

@@ -267,6 +267,13 @@ def tweet_ids() -> st.SearchStrategy[str]:
     )
 
 
+def own_id(tweet: dict | weather_pb2.Tweet) -> object:
+    """A valid batch gives each id to one tweet (one id with two contents is a 422, the same
+    tweet twice is accepted once); tweets without an id are always distinct."""
+    given = tweet.get("id") if isinstance(tweet, dict) else tweet.id
+    return given or id(tweet)
+
+
 def good_tweets(target: Target, with_id: bool | None = None) -> st.SearchStrategy[dict]:
     """Valid tweet objects: any description, any case of a country code and a weather."""
     required = {
@@ -546,7 +553,7 @@ def valid_requests(draw: st.DrawFn, target: Target) -> FuzzRequest:
     content_type = draw(st.sampled_from(JSON_TYPES))
     ascii_ = draw(st.booleans())
     if draw(st.booleans()):
-        tweets = draw(st.lists(good_tweets(target), min_size=1, max_size=5))
+        tweets = draw(st.lists(good_tweets(target), min_size=1, max_size=5, unique_by=own_id))
         return _request(
             "valid-batch", encode(tweets, ascii_), [202], **{"content-type": content_type}
         )
@@ -602,7 +609,7 @@ def rejected_calls(draw: st.DrawFn, target: Target) -> GrpcCall:
 
 def valid_calls(target: Target) -> st.SearchStrategy[GrpcCall]:
     """Calls that must be accepted: one tweet, or a batch of 1-5."""
-    batches = st.lists(good_proto_tweets(target), min_size=1, max_size=5)
+    batches = st.lists(good_proto_tweets(target), min_size=1, max_size=5, unique_by=own_id)
     return good_proto_tweets(target).map(lambda t: GrpcCall("valid-tweet", "Publish", t)) | (
         batches.map(
             lambda ts: GrpcCall("valid-batch", "PublishBatch", weather_pb2.TweetBatch(tweets=ts))

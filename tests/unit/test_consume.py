@@ -1,31 +1,57 @@
-"""The consumer core over plain fakes: poison, store outages, id conflicts (no servers)."""
+"""The consumer core over plain fakes: poison, store outages, id conflicts, dead letters that
+cannot be published, skipped records, and which actors must be replaced (no servers)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from serve_app.brokers.base import DeadLetter, Delivery
-from serve_app.consume.core import ID_CONFLICT, Backoff, ConsumerCore
+import pytest
+
+from serve_app.brokers.base import DeadLetter, Delivery, Envelope, Skipped
+from serve_app.consume.core import (
+    DEAD_LETTER_ATTEMPTS,
+    ID_CONFLICT,
+    Backoff,
+    ConsumerCore,
+    ConsumerLoop,
+    code_version,
+    config_version,
+    conflict_letters,
+    stale_actors,
+)
 from serve_app.model.codec import EncodedBatch
 from serve_app.model.schema import Tweet
-from serve_app.store.core import CountedTweet, RecordResult
+from serve_app.settings import Settings
+from serve_app.store.core import CountedTweet, Displaced, RecordResult, marker, wins
+from tests.support.fakes import RecordingMetrics
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
+BOUND_S = 5.0
+"""A handle that should finish at once may take this long before the test fails (no hang)."""
 
 
-def tweet(i: int, text: str = "lluvia") -> Tweet:
-    return Tweet(id=f"t-{i}", description=text, country="GT", weather="Lluvioso", accepted_at=NOW)
+def tweet(i: int, text: str = "lluvia", country: str = "GT") -> Tweet:
+    return Tweet(id=f"t-{i}", description=text, country=country, weather="Lluvioso",
+                 accepted_at=NOW)  # fmt: skip
 
 
 class FakeStore:
-    """Counts an id once per fingerprint, like the Lua script; can fail a few times."""
+    """The store script's rules in Python: an id counts once; of two contents for one id
+    the smaller fingerprint wins (moving the counts); the parked list; skipped ranges."""
 
     def __init__(self, failures: int = 0) -> None:
         self.seen: dict[str, str] = {}
+        self.counts: dict[str, int] = {}
         self.failures = failures
         self.calls: list[str] = []
+        self.parked_entries: list[str] = []
+        self.skipped: dict[str, int] = {}
 
     async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
         self.calls.append("store")
@@ -33,30 +59,69 @@ class FakeStore:
             self.failures -= 1
             raise ConnectionError("store down")
         new = duplicates = 0
-        conflicts = []
-        for t in tweets:
-            if t.id not in self.seen:
-                self.seen[t.id] = t.fingerprint
+        refused: list[int] = []
+        displaced: list[Displaced] = []
+        counted_at: dict[str, int] = {}
+        for n, t in enumerate(tweets):
+            seen = self.seen.get(t.id)
+            if seen is None:
+                self.seen[t.id], counted_at[t.id] = marker(t), n
+                self._bump(t.country, 1)
                 new += 1
-            elif self.seen[t.id] == t.fingerprint:
+            elif seen[:16] == t.fingerprint:
                 duplicates += 1
+            elif wins(t.fingerprint, seen[:16]):
+                old = Displaced.of(n, t.id, seen)
+                self._bump(old.country, -1)
+                self._bump(t.country, 1)
+                self.seen[t.id] = marker(t)
+                if t.id in counted_at:
+                    refused.append(counted_at[t.id])
+                else:
+                    displaced.append(old)
+                counted_at[t.id] = n
             else:
-                conflicts.append(t.id)
-        return RecordResult(new, duplicates, tuple(conflicts))
+                refused.append(n)
+        return RecordResult(new, duplicates, tuple(refused), tuple(displaced))
+
+    def _bump(self, country: str, delta: int) -> None:
+        self.counts[country] = self.counts.get(country, 0) + delta
+
+    async def park(self, entries: Sequence[str]) -> None:
+        self.calls.append("park")
+        self.parked_entries.extend(entries)
+
+    async def parked(self, limit: int) -> list[str]:
+        return self.parked_entries[:limit]
+
+    async def unpark(self, entries: Sequence[str]) -> int:
+        for entry in entries:
+            self.parked_entries.remove(entry)
+        return len(self.parked_entries)
+
+    async def record_skipped(self, source: str, first: int, last: int) -> bool:
+        self.skipped[source] = self.skipped.get(source, 0) + last - first + 1
+        return True
 
 
 class FakeDeadLetters:
+    """A dead-letter broker that takes envelopes, or fails (``failures``: how many sends;
+    ``-1``: every send, like a RabbitMQ alarm that does not end)."""
+
     def __init__(self, calls: list[str], failures: int = 0) -> None:
-        self.letters: list[DeadLetter[str]] = []
+        self.sent: list[Envelope] = []
         self.calls = calls
         self.failures = failures
 
-    async def send(self, letters: Sequence[DeadLetter[str]]) -> None:
+    def envelope(self, letter: DeadLetter[str]) -> Envelope:
+        return Envelope.of(letter.body, letter.reason, letter.id, [("x-origin", letter.origin)])
+
+    async def send(self, envelopes: Sequence[Envelope]) -> None:
         self.calls.append("dead-letters")
         if self.failures:
             self.failures -= 1
             raise TimeoutError("broker blocked")
-        self.letters.extend(letters)
+        self.sent.extend(envelopes)
 
 
 def core(store: FakeStore, dlq_failures: int = 0):
@@ -74,16 +139,20 @@ def chunk(tweets: list[Tweet], origin: str) -> Delivery[str]:
     return Delivery(encoded.body, origin)
 
 
-async def test_poison_is_dead_lettered_before_the_good_tweets_are_applied() -> None:
+def origins(envelopes: Sequence[Envelope]) -> list[str]:
+    return [dict(e.headers)["x-origin"] for e in envelopes]
+
+
+async def test_good_tweets_are_applied_before_the_poison_is_dead_lettered() -> None:
     store = FakeStore()
     consumer, dead, _ = core(store)
     bad = {**json.loads(tweet(9).to_json()), "country": "ZZ"}
     body = json.dumps({"v": 2, "tweets": [json.loads(tweet(1).to_json()), bad]}).encode()
     outcome = await consumer.handle([Delivery(body, "m1"), chunk([tweet(2)], "m2")])
-    assert store.calls == ["dead-letters", "store"]
-    assert (outcome.messages, outcome.applied, outcome.poison) == (2, 2, 1)
-    [letter] = dead.letters
-    assert letter.id == "t-9" and letter.origin == "m1" and "country" in letter.reason
+    assert store.calls == ["store", "dead-letters"]
+    assert (outcome.messages, outcome.applied, outcome.poison, outcome.parked) == (2, 2, 1, 0)
+    [letter] = dead.sent
+    assert letter.id == "t-9" and origins(dead.sent) == ["m1"] and "country" in letter.reason
 
 
 async def test_a_store_outage_holds_the_batch_until_it_is_applied() -> None:
@@ -94,20 +163,195 @@ async def test_a_store_outage_holds_the_batch_until_it_is_applied() -> None:
     assert outcome.applied == 2 and set(store.seen) == {"t-1", "t-2"}
 
 
-async def test_a_blocked_dead_letter_broker_is_retried_and_nothing_good_is_lost() -> None:
+async def test_a_briefly_blocked_dead_letter_broker_is_retried_within_the_bound() -> None:
     store = FakeStore()
-    consumer, dead, retries = core(store, dlq_failures=2)
+    consumer, dead, retries = core(store, dlq_failures=DEAD_LETTER_ATTEMPTS - 1)
     outcome = await consumer.handle([Delivery(b"\xff not json", "m"), chunk([tweet(1)], "n")])
-    assert retries == ["dead-letter write"] * 2
-    assert outcome.applied == 1 and len(dead.letters) == 1
+    assert len(retries) == DEAD_LETTER_ATTEMPTS - 1
+    assert outcome.applied == 1 and len(dead.sent) == 1 and outcome.parked == 0
 
 
-async def test_redeliveries_are_duplicates_and_a_reused_id_is_a_conflict() -> None:
+async def test_a_dead_letter_broker_that_stays_blocked_never_stops_good_tweets() -> None:
+    """The alarm deadlock: the batch completes, its poison is parked in the store; later
+    poison is parked at once (order kept); once the broker is back, everything goes out."""
+    store = FakeStore()
+    consumer, dead, retries = core(store, dlq_failures=-1)
+    first = await asyncio.wait_for(
+        consumer.handle([Delivery(b"\xff one", "m1"), chunk([tweet(1)], "m2")]), BOUND_S
+    )
+    assert (first.applied, first.parked) == (1, 1) and set(store.seen) == {"t-1"}
+    assert len(retries) == DEAD_LETTER_ATTEMPTS and consumer.parking
+    second = await asyncio.wait_for(consumer.handle([Delivery(b"\xff two", "m3")]), BOUND_S)
+    assert second.parked == 1 and len(retries) == DEAD_LETTER_ATTEMPTS  # no new attempts
+    dead.failures = 0
+    assert await consumer.publish_parked() == 0
+    assert [e.body for e in dead.sent] == [b"\xff one", b"\xff two"]
+    assert origins(dead.sent) == ["m1", "m3"] and not consumer.parking
+    assert store.parked_entries == []
+
+
+async def test_parked_letters_stay_parked_while_the_broker_is_down() -> None:
+    store = FakeStore()
+    consumer, dead, _ = core(store, dlq_failures=-1)
+    await asyncio.wait_for(consumer.handle([Delivery(b"\xff", "m")]), BOUND_S)
+    with pytest.raises(TimeoutError):
+        await consumer.publish_parked()
+    assert len(store.parked_entries) == 1 and dead.sent == []
+
+
+async def test_a_sink_that_cannot_describe_a_letter_still_dead_letters_it() -> None:
     store = FakeStore()
     consumer, dead, _ = core(store)
-    await consumer.handle([chunk([tweet(1), tweet(2)], "first")])
-    again = await consumer.handle([chunk([tweet(1), tweet(2, text="otra cosa")], "second")])
+
+    def broken(letter: DeadLetter[str]) -> Envelope:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    dead.envelope = broken  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer.handle([Delivery(b"\xff", "m")]), BOUND_S)
+    [letter] = dead.sent
+    assert letter.body == b"\xff" and letter.reason.startswith("undecodable")
+
+
+async def test_redeliveries_are_duplicates_and_the_later_loser_is_the_conflict() -> None:
+    store = FakeStore()
+    consumer, dead, _ = core(store)
+    a, b = tweet(2, text="sol"), tweet(2, text="otra cosa")
+    loser = max((a, b), key=lambda t: CountedTweet.of(t).fingerprint)
+    winner = a if loser is b else b
+    await consumer.handle([chunk([tweet(1), winner], "first")])
+    again = await consumer.handle([chunk([tweet(1), loser], "second")])
     assert (again.applied, again.duplicates, again.conflicts) == (0, 1, 1)
-    [letter] = dead.letters
-    assert (letter.id, letter.reason, letter.origin) == ("t-2", ID_CONFLICT, "second")
-    assert json.loads(letter.body)["description"] == "otra cosa"
+    [letter] = dead.sent
+    assert (letter.id, letter.reason, origins(dead.sent)) == ("t-2", ID_CONFLICT, ["second"])
+    assert json.loads(letter.body)["description"] == loser.description
+
+
+async def test_both_orders_of_a_conflict_keep_the_same_winner() -> None:
+    """Kafka and RabbitMQ may deliver two contents of one id in either order: the stores
+    must end up counting the same one, and dead-letter the same loser."""
+    a, b = tweet(7, text="sol", country="SV"), tweet(7, text="nieve", country="GT")
+    ends = []
+    for order in ((a, b), (b, a)):
+        store = FakeStore()
+        consumer, dead, _ = core(store)
+        for i, t in enumerate(order):
+            await consumer.handle([chunk([t], f"m{i}")])
+        loser = dead.sent[0]
+        ends.append((store.seen["t-7"], {k: v for k, v in store.counts.items() if v},
+                     json.loads(loser.body)["country"]))  # fmt: skip
+    assert ends[0] == ends[1]
+
+
+def test_a_displaced_tweet_is_dead_lettered_as_the_store_knew_it() -> None:
+    old = tweet(3, text="nieve", country="SV")
+    new = tweet(3, text="sol", country="GT")
+    counted = [CountedTweet.of(new)]
+    seen = marker(CountedTweet.of(old))
+    result = RecordResult(0, 0, (), (Displaced.of(0, "t-3", seen),))
+    [letter] = conflict_letters(result, counted, [(new, Delivery(b"", "m9"))])
+    body = json.loads(letter.body)
+    assert (letter.reason, letter.origin, letter.id) == (ID_CONFLICT, "m9", "t-3")
+    assert body["country"] == "SV" and body["displaced_by"] == counted[0].fingerprint
+
+
+def test_a_loser_redelivered_within_one_batch_is_dead_lettered_once() -> None:
+    t = tweet(4)
+    counted = [CountedTweet.of(t)] * 2
+    result = RecordResult(0, 0, (0, 1), ())
+    delivery = Delivery(b"", "m")
+    assert len(conflict_letters(result, counted, [(t, delivery), (t, delivery)])) == 1
+
+
+# --- the loop: skipped records and parked letters ---------------------------------------
+
+
+class FakeSource:
+    """Hands out one batch, and reports a skipped range once."""
+
+    def __init__(self, batches: list[list[Delivery[str]]], skipped: list[Skipped]) -> None:
+        self.batches = batches
+        self.skipped = skipped
+        self.dead_letters = FakeDeadLetters([])
+        self.settled: list[int] = []
+
+    async def fetch(self) -> list[Delivery[str]]:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(0.01)
+        return []
+
+    async def hold(self) -> None:
+        return None
+
+    async def settle(self, batch: Sequence[Delivery[str]]) -> bool:
+        self.settled.append(len(batch))
+        return True
+
+    def take_skipped(self) -> list[Skipped]:
+        skipped, self.skipped = self.skipped, []
+        return skipped
+
+
+async def run_loop(store: FakeStore, source: FakeSource, until: Any) -> ConsumerLoop:
+    metrics = RecordingMetrics()
+
+    @contextlib.asynccontextmanager
+    async def open_source(report: Any) -> AsyncIterator[FakeSource]:
+        yield source
+
+    loop = ConsumerLoop("kafka-consumer-0", "kafka", store, open_source, metrics=metrics)
+    loop.ensure_task()
+    for _ in range(200):
+        if until(loop):
+            break
+        await asyncio.sleep(0.01)
+    await loop.stop()
+    loop.recorded = metrics  # type: ignore[attr-defined]
+    return loop
+
+
+async def test_skipped_records_are_counted_in_the_store_and_reported() -> None:
+    store = FakeStore()
+    source = FakeSource([[chunk([tweet(1)], "m")]], [Skipped("weather-tweets/2", 10, 19)])
+    loop = await run_loop(store, source, lambda lp: lp.batches == 1)
+    assert store.skipped == {"weather-tweets/2": 10}
+    assert loop.status()["skipped"] == 10 and loop.status()["batches"] == 1
+
+
+async def test_parked_letters_are_published_in_the_background_and_shown() -> None:
+    store = FakeStore()
+    store.parked_entries.append(Envelope.of(b"old", "invalid tweet").to_json())
+    source = FakeSource([], [])
+    await run_loop(store, source, lambda lp: not store.parked_entries)
+    assert [e.body for e in source.dead_letters.sent] == [b"old"]
+
+
+# --- which consumers run another configuration -------------------------------------------
+
+
+def test_actors_with_other_settings_or_code_or_none_are_stale() -> None:
+    code = "c0de"
+    deployed = config_version(Settings(), code)
+    assert deployed == config_version(Settings(), code)
+    other_settings = config_version(Settings(consumer_batch_size=7), code)
+    other_code = config_version(Settings(), "c0de2")
+    statuses = {
+        "kafka-consumer-0": {"config_version": deployed},
+        "kafka-consumer-1": {"config_version": other_settings},
+        "rabbit-consumer-0": {"config_version": other_code},
+        "rabbit-consumer-1": {"running": True},  # an actor of an earlier release
+        "rabbit-consumer-2": {"running": False, "unreachable": True, "dead": True},
+    }
+    assert stale_actors(deployed, statuses) == [
+        "kafka-consumer-1",
+        "rabbit-consumer-0",
+        "rabbit-consumer-1",
+    ]
+
+
+def test_the_code_version_follows_the_files(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    before = code_version(tmp_path)
+    assert code_version(tmp_path) == before
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) != before

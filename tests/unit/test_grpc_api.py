@@ -60,3 +60,23 @@ async def test_unavailable_carries_the_id_prefix_and_bounded_details(service) ->
     assert key == ID_PREFIX_METADATA
     assert len(context.details) <= 2000
     assert {t.id for t in rabbit.tweets()} == {f"{prefix}-0", f"{prefix}-1"}
+
+
+async def test_one_id_with_two_contents_is_invalid_argument_naming_both_indexes(service) -> None:
+    api, kafka, _ = service
+    first = weather_pb2.Tweet(id="x", description="sol", country="GT", weather="Soleado")
+    other = weather_pb2.Tweet(id="x", description="lluvia", country="GT", weather="Soleado")
+    context = FakeGrpcContext()
+    await api.PublishBatch(weather_pb2.TweetBatch(tweets=[first, SEED, other]), context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "[2, 'id']" in context.details and "tweets[0]" in context.details
+    assert kafka.chunks == []
+
+
+async def test_the_same_tweet_twice_is_published_once(service) -> None:
+    api, kafka, rabbit = service
+    tweet = weather_pb2.Tweet(id="x", description="sol", country="GT", weather="Soleado")
+    context = FakeGrpcContext()
+    reply = await api.PublishBatch(weather_pb2.TweetBatch(tweets=[tweet, tweet]), context)
+    assert context.code == grpc.StatusCode.OK and list(reply.ids) == ["x", "x"]
+    assert [t.id for t in kafka.tweets()] == [t.id for t in rabbit.tweets()] == ["x"]

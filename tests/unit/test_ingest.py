@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from serve_app.errors import PublishFailed
-from serve_app.ingest.core import accept
+from serve_app.ingest.core import accept, distinct
+from serve_app.model.schema import TweetValidationError
 from tests.support.fakes import make_ingest
 
 SEED = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
@@ -47,3 +48,26 @@ async def test_health_reports_each_broker() -> None:
         "kafka": {"ok": True, "detail": "reachable"},
         "rabbitmq": {"ok": False, "detail": "down"},
     }
+
+
+def test_one_id_with_two_contents_in_a_request_is_refused_naming_both_indexes() -> None:
+    ingest, _, _ = make_ingest()
+    items = [{**SEED, "id": "a"}, {**SEED, "id": "b"}, {**SEED, "id": "a", "weather": "Soleado"}]
+    with pytest.raises(TweetValidationError) as caught:
+        ingest.validate(items)
+    [error] = caught.value.errors
+    assert error["loc"] == [2, "id"]
+    assert "tweets[0]" in error["msg"] and error["type"] == "id_conflict"
+
+
+def test_the_same_tweet_twice_is_one_tweet_whatever_the_spelling() -> None:
+    ingest, _, _ = make_ingest()
+    twice = ingest.validate([{**SEED, "id": "a"}, {**SEED, "id": "a", "country": "gt"}])
+    tweets = accept(twice)
+    assert [t.id for t in distinct(tweets)] == ["a"]
+
+
+def test_tweets_without_an_id_are_never_merged() -> None:
+    ingest, _, _ = make_ingest()
+    tweets = accept(ingest.validate([SEED, SEED]), prefix="p")
+    assert [t.id for t in distinct(tweets)] == ["p-0", "p-1"]

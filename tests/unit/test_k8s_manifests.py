@@ -294,6 +294,28 @@ def test_ray_containers_env(kuberay, rayservice):
     assert head_env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090"
 
 
+def test_every_ray_setting_of_the_local_stack_reaches_the_rayservice(kuberay, rayservice):
+    """serve_config.yaml's ray_env is the one list of Ray/Serve knobs: the local Ray starts
+    with all of it, and every Ray container of the rendered RayService has the same values."""
+    from devstack import ray_access
+    from devstack.config import ray_env_settings
+
+    wanted = ray_env_settings()
+    assert {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"} <= set(wanted)
+    local = ray_access.ray_env()
+    local_ray = {n: v for n, v in local.items() if n.startswith("RAY_SERVE_")}
+    assert local_ray == {n: v for n, v in wanted.items() if n.startswith("RAY_SERVE_")}
+    config_maps = _config_maps(kuberay)
+    for container in _ray_containers(rayservice):
+        env = _container_env(container, config_maps)
+        for name, value in wanted.items():
+            assert env.get(name) == value, f"{container['name']}: {name}={env.get(name)!r}"
+        # gRPC takes what REST takes: the proxy's cap is the body limit the pods run with
+        body_limit = env.get("MAX_BODY_BYTES") or str(Settings().max_body_bytes)
+        assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == body_limit
+    assert "ray_env" not in yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
 def test_grpc_is_exposed_by_the_operators_serve_service(kuberay, rayservice):
     """REST and gRPC both go through KubeRay's <name>-serve-svc, which selects the pods of the
     active cluster only (ray.io/cluster): it carries every head port named serve or serve-*."""

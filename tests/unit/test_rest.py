@@ -139,3 +139,25 @@ def test_health_stats_and_openapi(api) -> None:
     assert too_many.json()["error"] == "latest must be a whole number 0-1000"
     spec = client.get("/openapi.json").json()
     assert "post" in spec["paths"]["/input"]
+
+
+def test_one_id_with_two_contents_is_422_naming_both_indexes(api) -> None:
+    client, kafka, rabbit = api
+    body = [{**SEED, "id": "x"}, {**SEED, "id": "x", "description": "otro"}]
+    response = client.post("/input", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "invalid tweet: tweets[1].id: id 'x' is also the id of tweets[0], whose content differs"
+    )
+    assert response.json()["details"][0]["loc"] == [1, "id"]
+    assert kafka.chunks == rabbit.chunks == []
+
+
+def test_the_same_tweet_twice_is_published_and_counted_once(api) -> None:
+    client, kafka, rabbit = api
+    response = client.post("/input", json=[{**SEED, "id": "x"}, {**SEED, "id": "x"}, SEED])
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 2 and body["ids"][:2] == ["x", "x"] and len(body["ids"]) == 3
+    assert [t.id for t in kafka.tweets()].count("x") == 1
+    assert [t.id for t in rabbit.tweets()].count("x") == 1

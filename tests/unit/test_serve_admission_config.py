@@ -1,0 +1,26 @@
+"""Serve's own admission limits in serve_config.yaml (and so in the RayService): excess load
+gets a fast 503 + Retry-After instead of a growing queue (no servers, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gateway() -> dict:
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+    [ingest] = [a for a in config["applications"] if a["name"] == "ingest"]
+    [deployment] = [d for d in ingest["deployments"] if d["name"] == "Gateway"]
+    return deployment
+
+
+def test_the_gateway_bounds_its_queue_and_answers_503_with_retry_after() -> None:
+    deployment = gateway()
+    assert 0 < deployment["max_queued_requests"] <= deployment["max_ongoing_requests"]
+    assert deployment["max_ongoing_requests"] <= 512  # ~0.35 s of work at 1,400 requests/s
+    assert deployment["backpressure_config"] == {"status_code": 503, "retry_after_s": 2}
+    target = deployment["autoscaling_config"]["target_ongoing_requests"]
+    assert target < deployment["max_ongoing_requests"]  # autoscaling reacts before refusing
