@@ -20,7 +20,7 @@ import ray
 import serve_app
 from serve_app.brokers.kafka import open_kafka_source
 from serve_app.brokers.rabbitmq import open_rabbit_source
-from serve_app.consume.core import ConsumerLoop, OpenSource, code_version, config_version
+from serve_app.consume.core import ConsumerLoop, OpenSource, actor_version, code_version
 from serve_app.errors import ConfigError
 from serve_app.runtime import ray_metrics
 from serve_app.settings import Settings
@@ -30,7 +30,8 @@ NAMESPACE = "weather"
 """Ray namespace of the detached consumer actors (names are only unique per namespace)."""
 
 CODE_VERSION = code_version(Path(serve_app.__file__).parent)
-"""The code this process imported (an actor started before a redeploy keeps its own)."""
+"""The code this process imported; the supervisor hands its own to the actors it creates,
+so an actor's version names the deployment that created it."""
 
 KAFKA_ACTOR_PREFIX = "kafka-consumer-"
 RABBIT_ACTOR_PREFIX = "rabbit-consumer-"
@@ -74,7 +75,9 @@ class _ConsumerActor:
 
     kind = "consumer"
 
-    async def __init__(self, name: str, settings: Settings) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, name: str, settings: Settings, code: str = ""
+    ) -> None:
         # Ray runs an async actor's async __init__ on the actor's event loop, so a
         # restarted actor starts consuming again by itself.
         self.settings = settings
@@ -87,7 +90,7 @@ class _ConsumerActor:
             self._source(name),
             metrics=ray_metrics(),
             node_id=ray.get_runtime_context().get_node_id(),
-            config_version=config_version(settings, CODE_VERSION),
+            config_version=actor_version(settings, code, CODE_VERSION),
         )
         self.loop.ensure_task()
 

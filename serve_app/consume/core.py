@@ -286,6 +286,14 @@ def config_version(settings: Settings, code: str) -> str:
     return hashlib.sha256(content).hexdigest()[:16]
 
 
+def actor_version(settings: Settings, creator_code: str, imported_code: str) -> str:
+    """The version a consumer actor reports: its settings and the code of the supervisor
+    that created it (a worker imports the files it finds, which on a dev machine may be
+    newer than what was deployed: reporting those would make every supervisor replace its
+    actors again and again). An actor created without one reports its own code."""
+    return config_version(settings, creator_code or imported_code)
+
+
 def stale_actors(version: str, statuses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Consumers that answered with another settings-and-code version than ``version`` (an
     actor of an earlier release reports none): they must be replaced. An actor that did not

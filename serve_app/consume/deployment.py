@@ -6,7 +6,8 @@
 never kills actors a newer one adopted.
 
 Consumers run the configuration that was deployed: each actor reports a version of its
-settings and code (:func:`~serve_app.consume.core.config_version`); an adopted actor whose
+settings and of the code of the supervisor that created it
+(:func:`~serve_app.consume.core.config_version`); an adopted actor whose
 version differs from the supervisor's (a redeploy with other ``args:``, environment or code)
 is stopped gracefully (its loop leaves the consumer group / closes its channel, so
 uncommitted work is redelivered), killed, and created anew with the deployed settings. The
@@ -88,7 +89,8 @@ class ConsumerSupervisor:
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
     def _create(self, name: str, cls: type) -> Any:
-        return remote_class(cls).options(name=name, **ACTOR_OPTIONS).remote(name, self.settings)
+        options = remote_class(cls).options(name=name, **ACTOR_OPTIONS)
+        return options.remote(name, self.settings, CODE_VERSION)
 
     async def _watch(self) -> None:
         while True:

@@ -640,8 +640,6 @@ async def test_dead_letters_that_cannot_be_published_are_parked_and_sent_later(
             return (await stores["valkey"].read_stats())["parked_dead_letters"] > 0
 
         await wait_until(parked, "the poison parked in Valkey")
-        report = await supervisor_health(consumers_app)
-        assert report["actors"][rabbit_actor_name(0)]["parked"] >= 1, report
     finally:
         await declare_rabbit_topology(channel, settings)
         await channel.close()

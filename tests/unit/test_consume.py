@@ -20,6 +20,7 @@ from serve_app.consume.core import (
     Backoff,
     ConsumerCore,
     ConsumerLoop,
+    actor_version,
     code_version,
     config_version,
     conflict_letters,
@@ -347,6 +348,15 @@ def test_actors_with_other_settings_or_code_or_none_are_stale() -> None:
         "rabbit-consumer-0",
         "rabbit-consumer-1",
     ]
+
+
+def test_an_actor_reports_the_version_of_the_supervisor_that_created_it() -> None:
+    """Files edited on disk after the deploy must not make the actors look stale forever
+    (the supervisor would replace them every check)."""
+    deployed = config_version(Settings(), "deployed")
+    assert actor_version(Settings(), "deployed", imported_code="edited-since") == deployed
+    assert stale_actors(deployed, {"a": {"config_version": deployed}}) == []
+    assert actor_version(Settings(), "", imported_code="own") == config_version(Settings(), "own")
 
 
 def test_the_code_version_follows_the_files(tmp_path: Path) -> None:
