@@ -39,6 +39,8 @@ Publish = Callable[[list[Tweet]], Awaitable[None]]
 ReadStats = Callable[[int], Awaitable[tuple[dict[str, Any], bool]]]
 Background = Callable[[], Awaitable[None]]
 MAX_LATEST = 1000
+HEALTH_STORES_TIMEOUT_S = 1.0
+"""How long /health waits for the stores' loss counters before it answers without them."""
 Answer = tuple[int, dict[str, Any]]
 """A publish request's outcome on any transport: HTTP status and JSON body."""
 
@@ -282,6 +284,20 @@ async def stream_frames(websocket: WebSocket, limits: IngestLimits, take: Take) 
                 await task
 
 
+def after_ingest(stats: dict[str, Any]) -> dict[str, int]:
+    """What the stores report went wrong after ingest, per store: records a broker deleted
+    before they were counted (``skipped``) and dead letters waiting in the store because
+    their broker could not take them (``parked_dead_letters``). Any of them makes /health
+    "degraded" (still 200: a readiness probe must not take the replica that answers 503s
+    away); a store that cannot be read is left out (its broker's health says more)."""
+    losses: dict[str, int] = {}
+    for name, store in stats.items():
+        if isinstance(store, dict) and "error" not in store:
+            losses[f"{name}_skipped"] = sum(store.get("skipped", {}).values())
+            losses[f"{name}_parked_dead_letters"] = int(store.get("parked_dead_letters", 0))
+    return losses
+
+
 def build_rest_app(
     ingest: Ingest,
     publish: Publish,
@@ -322,8 +338,15 @@ def build_rest_app(
         healthy = all(b["ok"] for b in brokers.values())
         admission = ingest.admission.report()
         admitting = all(a["admitting"] for a in admission.values())
-        status = "unavailable" if not healthy else "ok" if admitting else "degraded"
+        try:  # bounded: /health is the readiness probe, a slow store must not fail it
+            async with asyncio.timeout(HEALTH_STORES_TIMEOUT_S):
+                losses = after_ingest((await read_stats(0))[0])
+        except TimeoutError:
+            losses = {}
+        fine = admitting and not any(losses.values())
+        status = "unavailable" if not healthy else "ok" if fine else "degraded"
         body = {"status": status, "app": {"ok": True}, **brokers, "admission": admission}
+        body["stores"] = losses
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def get_stats(request: Request) -> Response:

@@ -141,6 +141,25 @@ def test_health_stats_and_openapi(api) -> None:
     assert "post" in spec["paths"]["/input"]
 
 
+def test_health_is_degraded_while_a_store_reports_skipped_records_or_parked_letters() -> None:
+    ingest, _, _ = make_ingest()
+
+    def app_over(redis: dict[str, Any]) -> TestClient:
+        async def stats(latest: int) -> tuple[dict[str, Any], bool]:
+            return {"redis": redis, "valkey": {"error": "down"}}, False
+
+        return TestClient(build_rest_app(ingest, ingest.publish, stats))
+
+    clean = app_over({"total": 5, "skipped": {}, "parked_dead_letters": 0}).get("/health")
+    assert clean.status_code == 200 and clean.json()["status"] == "ok"
+    skipped = app_over({"skipped": {"weather-tweets:0": 6}, "parked_dead_letters": 0})
+    answer = skipped.get("/health")
+    assert answer.status_code == 200 and answer.json()["status"] == "degraded"
+    assert answer.json()["stores"] == {"redis_skipped": 6, "redis_parked_dead_letters": 0}
+    parked = app_over({"skipped": {}, "parked_dead_letters": 2}).get("/health")
+    assert parked.json()["status"] == "degraded"
+
+
 def test_one_id_with_two_contents_is_422_naming_both_indexes(api) -> None:
     client, kafka, rabbit = api
     body = [{**SEED, "id": "x"}, {**SEED, "id": "x", "description": "otro"}]
