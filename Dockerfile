@@ -5,8 +5,11 @@
 #   docker build -t weather-pipeline:0.1.0 .
 #
 # Keep the tag in step with `ray[serve]==...` in pyproject.toml and rayVersion in
-# kuberay/rayservice.yaml (tests/test_k8s_manifests.py checks all three).
-FROM rayproject/ray:2.60.0-py311
+# kuberay/rayservice.yaml (tests/unit/test_k8s_manifests.py checks all three).
+# RAY_IMAGE stays the official image; `make cluster-test` builds on a local stand-in of it
+# (--build-arg RAY_IMAGE=..., see devstack/cluster/images.py) because no registry is reachable.
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311
+FROM ${RAY_IMAGE}
 
 WORKDIR /home/ray/weather-pipeline
 

@@ -14,7 +14,7 @@ SYS_PY  ?= python3
 .PHONY: help unit install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-build cluster-test cluster-down fuzz
 
 help:
-	@echo "make unit | install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench"
+	@echo "make unit | install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench | soak"
 
 # --- install -------------------------------------------------------------------------
 install: apt venv jars
@@ -69,17 +69,20 @@ unit: venv
 test: up cluster-build
 	$(VENV)/bin/pytest -q
 
-# Kubernetes fidelity: a loopback control plane (etcd, kube-apiserver, controller-manager,
-# scheduler), KWOK and the KubeRay operator run the manifests of kuberay/ and k8s/infra
-# (tests/cluster/, also part of `make test`). Go binaries are built once into
-# .devstack/cluster/bin (cold: ~8 min, then ~10 s to start).
+# Kubernetes fidelity (tests/cluster/, also part of `make test`): a loopback control plane
+# (etcd, kube-apiserver, controller-manager, scheduler) with KWOK and the KubeRay operator runs
+# the manifests of kuberay/ and k8s/infra (test_cluster.py); a real node (containerd + runc,
+# CNI bridge, kubelet, kube-proxy, CoreDNS) runs the RayService in real pods from the image
+# built from ./Dockerfile (test_pods.py). Go binaries and images are built once into
+# .devstack/cluster (cold: ~15-25 min on 2 cores, most of it Go; then seconds).
 cluster-build: venv
 	$(PY) -m devstack.cluster build
 
 cluster-test: apt cluster-build
 	$(VENV)/bin/pytest -q tests/cluster
 
-# Stops, by pid, a cluster left by `python -m devstack.cluster up` or a killed test run.
+# Stops, by pid, a cluster (and its node) left by `python -m devstack.cluster up|node-up` or a
+# killed test run, and removes the node's bridge and iptables chains by name.
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack.cluster down; fi
 

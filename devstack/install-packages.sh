@@ -22,6 +22,19 @@ command -v etcd >/dev/null || missing+=(etcd-server)  # the cluster test (devsta
 command -v chromium >/dev/null || missing+=(chromium)  # the browser tests (Selenium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v ss >/dev/null || missing+=(iproute2)  # the exposure test (ss -ltnp)
+# The real-pod node of the cluster test (devstack/cluster/node.py, images.py): container
+# runtime, CNI plugins, kube-proxy's iptables/conntrack, image builders, pause.c's compiler.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v socat >/dev/null || missing+=(socat)
+command -v buildah >/dev/null || missing+=(buildah)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+command -v gcc >/dev/null || missing+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(find /usr/lib -maxdepth 2 -name libc.a -print -quit 2>/dev/null)" ] || missing+=(libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 epmd_before=" $( (pgrep -x epmd || true) | tr "\n" " ") "
@@ -37,6 +50,9 @@ rc=0
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" ) || rc=$?
 [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
 for svc in rabbitmq-server redis-server etcd; do service "$svc" stop >/dev/null 2>&1 || true; done
+# A containerd installed just now must not run as a service: the node starts its own, by pid.
+# One that was installed before (e.g. Docker's) is someone else's and is left alone.
+case " ${missing[*]} " in *" containerd "*) service containerd stop >/dev/null 2>&1 || true ;; esac
 
 for pid in $(pgrep -x epmd || true); do
   case "$epmd_before" in *" $pid "*) continue ;; esac

@@ -26,6 +26,16 @@ KWOK_VERSION = "v0.8.0"
 KUBERAY_VERSION = "v1.6.0"
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# The real node (devstack/cluster/node.py): same module, same version as the control plane.
+NODE_COMMANDS = ("kubelet", "kube-proxy")
+# crictl and CoreDNS have replace-free modules but need `go get` of the command package
+# (go.sum entries), so each builds in a throwaway module of its own.
+CRI_TOOLS_VERSION = "v1.36.0"
+COREDNS_VERSION = "v1.14.7"
+WRAPPED = {
+    "crictl": ("sigs.k8s.io/cri-tools/cmd/crictl", CRI_TOOLS_VERSION),
+    "coredns": ("github.com/coredns/coredns", COREDNS_VERSION),
+}
 # Staging modules the proxy does not serve and no command above imports.
 UNPUBLISHED = {"k8s.io/sample-cli-plugin"}
 
@@ -37,8 +47,10 @@ def versioned(name: str, version: str) -> Path:
 
 def binary(name: str) -> Path:
     """Path of one cluster binary (kube-*, kubectl, kwok, ray-operator)."""
-    if name in KUBERNETES_COMMANDS:
+    if name in KUBERNETES_COMMANDS or name in NODE_COMMANDS:
         return versioned(name, KUBERNETES_VERSION)
+    if name in WRAPPED:
+        return versioned(name, WRAPPED[name][1])
     return versioned(name, KWOK_VERSION if name == "kwok" else KUBERAY_VERSION)
 
 
@@ -93,9 +105,11 @@ def version_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build_kubernetes(version: str = KUBERNETES_VERSION) -> None:
-    """kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, if missing."""
-    missing = [c for c in KUBERNETES_COMMANDS if not versioned(c, version).exists()]
+def build_kubernetes(
+    version: str = KUBERNETES_VERSION, commands: tuple[str, ...] = KUBERNETES_COMMANDS
+) -> None:
+    """Commands of k8s.io/kubernetes (default: the control plane and kubectl), if missing."""
+    missing = [c for c in commands if not versioned(c, version).exists()]
     if not missing:
         return
     work = HOME / f"kubernetes-{version}"
@@ -125,6 +139,45 @@ def go_install(package: str, version: str, name: str) -> None:
         {"GOBIN": str(gobin)},
     )
     _install(gobin / package.rsplit("/", 1)[-1], target)
+
+
+def build_wrapped(name: str) -> Path:
+    """crictl or coredns: ``go get`` the command package into a throwaway module, build it."""
+    package, version = WRAPPED[name]
+    target = versioned(name, version)
+    if target.exists():
+        return target
+    work = HOME / f"{name}-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "go.mod").exists():
+        go(["mod", "init", f"weather-pipeline/{name}"], work)
+    go(["get", f"{package}@{version}"], work)
+    out = work / "out" / name
+    go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out), package], work)
+    _install(out, target)
+    return target
+
+
+def pause_source(version: str = KUBERNETES_VERSION) -> Path:
+    """Kubernetes' own pause.c (the sandbox image's only program), from the module."""
+    target = HOME / f"pause-{version}.c"
+    if not target.exists():
+        HOME.mkdir(parents=True, exist_ok=True)
+        source = module_dir("k8s.io/kubernetes", version) / "build/pause/linux/pause.c"
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    return target
+
+
+def build_node() -> dict[str, Path]:
+    """Everything the real node runs besides Debian's packages; cached like the rest."""
+    HOME.mkdir(parents=True, exist_ok=True)
+    build_kubernetes(commands=NODE_COMMANDS)
+    for name in WRAPPED:
+        build_wrapped(name)
+    pause_source()
+    return {name: binary(name) for name in (*NODE_COMMANDS, *WRAPPED)}
 
 
 def _install(built: Path, target: Path) -> None:

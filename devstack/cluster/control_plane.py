@@ -114,6 +114,10 @@ class ControlPlane:
     run: Path = RUN
     binaries: dict[str, Path] = field(default_factory=dict)
     token: str = ""
+    # A real node (devstack/cluster/node.py) needs a few more flags per server (a
+    # ``--flag=value`` here replaces the same flag below) and its own users' token lines.
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    extra_tokens: list[str] = field(default_factory=list)
 
     @property
     def kubeconfig(self) -> Path:
@@ -170,6 +174,7 @@ class ControlPlane:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         """Start one server in its own session, output to its log, pid recorded."""
+        argv = with_extra_args(argv, self.extra_args.get(name, []))
         self.log(name).parent.mkdir(parents=True, exist_ok=True)
         with self.log(name).open("ab") as out:
             process = subprocess.Popen(
@@ -231,9 +236,8 @@ class ControlPlane:
         (self.run / "path").mkdir()
         (self.run / "path" / "kubectl").symlink_to(self.binaries["kubectl"])
         self.token = secrets.token_urlsafe(32)
-        (self.run / "pki" / "tokens.csv").write_text(
-            f'{self.token},admin,admin-uid,"system:masters"\n'
-        )
+        lines = [f'{self.token},admin,admin-uid,"system:masters"', *self.extra_tokens]
+        (self.run / "pki" / "tokens.csv").write_text("\n".join(lines) + "\n")
         self.kubeconfig.write_text(kubeconfig_text(self.server, self.token))
         self.kubeconfig.chmod(0o600)
         sa_key, sa_pub = make_service_account_key(self.run / "pki")
@@ -321,6 +325,24 @@ class ControlPlane:
         self.start("ray-operator", argv)
         probe = f"http://{HOST}:{PORTS['ray-operator-probe']}/readyz"
         self.wait("ray-operator", lambda: http_ok(probe))
+
+
+def with_extra_args(argv: list[str], extra: list[str]) -> list[str]:
+    """``argv`` plus ``extra``; an extra ``--flag=value`` drops the same flag from ``argv``
+    (``--flag value`` or ``--flag=value``), so list flags are never given twice."""
+    names = {arg.split("=", 1)[0] for arg in extra if arg.startswith("--") and "=" in arg}
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return [*kept, *extra]
 
 
 def fake_node() -> dict:

@@ -267,8 +267,11 @@ def test_ray_versions_agree(rayservice):
     pins = [d for d in pyproject["project"]["dependencies"] if d.startswith("ray[")]
     assert pins == [f"ray[serve]=={ray.__version__}"]
     assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
-    froms = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
-    assert froms == [f"rayproject/ray:{ray.__version__}-py311"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
+    assert froms == ["${RAY_IMAGE}"]
+    defaults = re.findall(r"^ARG\s+RAY_IMAGE=(\S+)", dockerfile, flags=re.M)
+    assert defaults == [f"rayproject/ray:{ray.__version__}-py311"]
 
 
 def test_ray_containers_env(kuberay, rayservice):
