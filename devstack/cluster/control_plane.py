@@ -14,14 +14,13 @@ import secrets
 import shutil
 import ssl
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import procs
 from devstack.cluster import build
+from devstack.cluster.processes import ProcessHome
 
 RUN = build.HOME / "run"
 HOST = "127.0.0.1"
@@ -108,8 +107,10 @@ def make_service_account_key(directory: Path) -> tuple[Path, Path]:
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(ProcessHome):
     """The running cluster: where its state lives and how to talk to it."""
+
+    startup_timeout_s = STARTUP_TIMEOUT_S
 
     run: Path = RUN
     binaries: dict[str, Path] = field(default_factory=dict)
@@ -166,57 +167,19 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ processes
 
-    def pid_file(self, name: str) -> procs.PidFile:
-        return procs.PidFile(self.run / "pids" / f"{name}.pid")
-
-    def log(self, name: str) -> Path:
-        return self.run / "logs" / f"{name}.log"
+    @property
+    def process_home(self) -> Path:
+        return self.run
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-        """Start one server in its own session, output to its log, pid recorded."""
+        """Start one server (with the flags a real node adds to it)."""
         argv = with_extra_args(argv, self.extra_args.get(name, []))
-        self.log(name).parent.mkdir(parents=True, exist_ok=True)
-        with self.log(name).open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env or self.env(),
-                cwd=self.run,
-            )
-        self.pid_file(name).write(process.pid)
-        return process.pid
-
-    def wait(
-        self, name: str, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT_S
-    ) -> None:
-        """Poll ``ready`` until true; fail early, with the log's tail, if the server died."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if self.pid_file(name).live_pid() is None:
-                raise RuntimeError(f"{name} exited:\n{self.tail(name)}")
-            time.sleep(0.5)
-        raise TimeoutError(f"{name} not ready after {timeout:.0f} s:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 40) -> str:
-        try:
-            text = self.log(name).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.spawn(name, argv, env or self.env())
 
     def stop(self) -> None:
         """Stop every server this directory recorded, newest first, by pid."""
         for name in reversed(ORDER):
-            pid_file = self.pid_file(name)
-            pid = pid_file.live_pid()
-            if pid is not None:
-                procs.terminate([pid], timeout=20)
-            pid_file.remove()
+            self.stop_process(name)
 
     # ------------------------------------------------------------------ start-up
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from devstack.cluster import build
 from devstack.cluster.node import NODE_IP, Node
 from devstack.config import stack_config
+from devstack.servers.kafka import ONE_BROKER
 
 REPO = build.ROOT
 # Service name -> (port in the cluster, port on NODE_IP). Not the stack's own port numbers,
@@ -86,16 +87,7 @@ class External:
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{KAFKA_CONTROLLER_PORT}",
             f"log.dirs={data}",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "min.insync.replicas=1",
-            "default.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
+            *ONE_BROKER,
         ]
         return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from devstack import procs
 from devstack.cluster import build, images
 from devstack.cluster.control_plane import PORTS, SERVICE_CIDR, ControlPlane, http_ok
+from devstack.cluster.processes import ProcessHome
 
 NODE_HOME = build.HOME / "node"
 NODE_NAME = "wp-node"
@@ -292,8 +293,10 @@ def write_if_changed(path: Path, text: str) -> None:
 
 
 @dataclass
-class Node:
+class Node(ProcessHome):
     """The node's processes, host changes and the control plane it joins."""
+
+    startup_timeout_s = STARTUP_TIMEOUT_S
 
     home: Path = NODE_HOME
     # Extra host ports on NODE_IP that pods may open (the test's broker/store forwarders).
@@ -310,17 +313,9 @@ class Node:
     def containerd_socket(self) -> Path:
         return self.home / "containerd" / "containerd.sock"
 
-    def pid_file(self, name: str) -> procs.PidFile:
-        return procs.PidFile(self.home / "pids" / f"{name}.pid")
-
-    def log_path(self, name: str) -> Path:
-        return self.home / "logs" / f"{name}.log"
-
-    def tail(self, name: str, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    @property
+    def process_home(self) -> Path:
+        return self.home
 
     # -- the control plane this node needs -------------------------------------------------
     def tokens(self) -> dict[str, str]:
@@ -363,39 +358,9 @@ class Node:
 
     # -- processes ---------------------------------------------------------------------------
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-        """One server in its own session at low priority, output to its log, pid recorded."""
-        self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path(name).open("ab") as out:
-            process = subprocess.Popen(
-                ["nice", "-n", "19", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env or {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-                cwd=self.home,
-            )
-        self.pid_file(name).write(process.pid)
-        return process.pid
-
-    def wait(
-        self, name: str, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT_S
-    ) -> None:
-        """Poll ``ready``; fail early, with the log's tail, when the process died."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if self.pid_file(name).live_pid() is None:
-                raise RuntimeError(f"{name} exited:\n{self.tail(name)}")
-            time.sleep(0.5)
-        raise TimeoutError(f"{name} not ready after {timeout:.0f} s:\n{self.tail(name)}")
-
-    def stop_process(self, name: str, timeout: float = 20) -> None:
-        pid = self.pid_file(name).live_pid()
-        if pid is not None:
-            procs.terminate([pid], timeout=timeout)
-        self.pid_file(name).remove()
+        """One server at low priority (the machine has 2 cores and the stack runs too)."""
+        path = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        return self.spawn(name, ["nice", "-n", "19", *argv], env or path)
 
     def crictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         binary = self.binaries.get("crictl") or build.binary("crictl")

@@ -21,10 +21,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from devstack.cluster.build import GO  # the one place that finds the Go toolchain
+
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / ".devstack" / "benthos"
 BIN = HOME / "bin"
-GO = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
 
 VERSION = "v4.27.0"
 MODULE = "github.com/benthosdev/benthos/v4"
