@@ -10,19 +10,29 @@ Scenarios (each repeated ``--repeat`` times; the tables show medians):
   ``application: noop``): the ceiling of Serve's gRPC path.
 * ``rest``: the same wrk load against ``POST /input``; end-to-end tweets/s = accepted
   tweets / (first request -> last accepted tweet counted in Redis AND Valkey).
-* ``rest_half``: wrk paced open-loop at half the measured ``rest`` rate: accept latency
-  and freshness at a sustainable rate.
+* ``benthos``: the anchor, Benthos v4.27 (loadtest/benthos) under the same contract on
+  the same brokers, the same wrk load; every accepted tweet verified in both brokers.
+* ``stream``: single tweets as frames on the WebSocket ``/input/stream`` (wsload).
+* ``rest_half``: wrk paced open-loop at half the measured ``rest`` rate: accept latency,
+  freshness and CPU per tweet at a sustainable rate.
 * ``rest_batch``: wrk posting arrays of ``--big-batch`` (100) tweets.
+* ``benthos_batch``: the anchor with arrays of 100 tweets.
 * ``grpc``: a multi-process grpc.aio client calling ``Publish`` through port 9000.
 * ``grpc_batch``: the same client calling ``PublishBatch`` with ``--big-batch`` tweets.
 * ``replicas_1`` / ``replicas_2`` / ``replicas_auto``: the Gateway fixed at 1, at 2, and
   autoscaling; replica counts over time from the dashboard's Serve REST API.
+* ``overload`` (only when named in ``--scenarios``): an open-loop generator (openloop) at
+  2 x the measured max single-tweet rate, then half of it: 503 share, latencies,
+  recovery, every stack process's RSS before and after.
 
 A freshness probe (low-rate tagged tweets polled in both stores) runs during every
-pipeline run. Results go to ``loadtest/results/bench.json`` and ``bench.md``.
+pipeline run; the stack's CPU per accepted tweet (procs) is measured in each. Results go
+to ``loadtest/results/bench.json`` and ``bench.md``.
 ``serve_config.yaml`` is deployed again at the end, whatever happened.
 """
 
 # Layout: scenarios (one entry per scenario; a new one is one entry there), drivers (wrk,
-# gRPC; a new load generator is one function there), measure (CPU, totals, freshness,
-# replicas), report (tables, targets, JSON), runner (the runs), cli (flags, entry point).
+# gRPC, WebSocket, open loop, Benthos; a new load generator is one function there), wsload
+# and openloop (the Python load processes), procs (the stack's processes: CPU, RSS),
+# measure (CPU, totals, freshness, replicas), report (tables, targets, JSON), runner (the
+# runs), cli (flags, entry point).

@@ -16,8 +16,9 @@ from devstack import serve_ops
 from loadtest.bench import measure, report
 from loadtest.bench.drivers import wrk_binary
 from loadtest.bench.runner import Bench
-from loadtest.bench.scenarios import ALL_SCENARIOS
+from loadtest.bench.scenarios import ALL_SCENARIOS, DEFAULT_SCENARIOS
 from loadtest.bench.variants import DEFAULT_AUTOSCALE
+from loadtest.benthos import build as benthos_build
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -44,7 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=2.0)
     p.add_argument("--autoscale", type=json.loads, default=DEFAULT_AUTOSCALE)
     p.add_argument("--autoscale-cooldown", type=float, default=90.0)
-    p.add_argument("--scenarios", default=env("SCENARIOS", ",".join(ALL_SCENARIOS)))
+    p.add_argument("--stream-connections", type=int, default=8, help="WebSockets (stream)")
+    p.add_argument("--stream-in-flight", type=int, default=8, help="frames per WebSocket")
+    p.add_argument("--max-rate", type=float, default=None, help="overload: max req/s, else rest")
+    p.add_argument("--overload-factor", type=float, default=2.0)
+    p.add_argument("--overload-duration", type=float, default=60.0)
+    p.add_argument("--overload-tail", type=float, default=15.0, help="s at half the max after")
+    p.add_argument("--overload-processes", type=int, default=2)
+    p.add_argument("--overload-connections", type=int, default=1024)
+    p.add_argument(
+        "--scenarios",
+        default=env("SCENARIOS", ",".join(DEFAULT_SCENARIOS)),
+        help=f"default: {','.join(DEFAULT_SCENARIOS)}; also: "
+        + ",".join(sorted(set(ALL_SCENARIOS) - set(DEFAULT_SCENARIOS))),
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--smoke", action="store_true", help="REPEAT=1, 3 s runs, fixed replicas")
     args = p.parse_args(argv)
@@ -53,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.replica_duration = args.replica_duration or 2.0
         args.autoscale_cooldown = 0.0
         if "SCENARIOS" not in os.environ:
-            args.scenarios = "noop,noop_grpc,rest,rest_half,rest_batch,grpc,grpc_batch,replicas_1"
+            args.scenarios = smoke_scenarios(benthos_build.binary().exists())
     args.replica_duration = args.replica_duration or args.duration
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
@@ -64,9 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def smoke_scenarios(benthos_built: bool) -> str:
+    """CI-sized: the anchor only when its binary is cached (a cold build is minutes)."""
+    anchor = "benthos,benthos_batch," if benthos_built else ""
+    return f"noop,noop_grpc,rest,{anchor}stream,rest_half,rest_batch,grpc,grpc_batch,replicas_1"
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(args)
     started = dt.datetime.now(dt.UTC)
+    load_start = [round(x, 1) for x in os.getloadavg()]  # a shared machine shows here
     error = None
     try:
         extra = await bench.run()
@@ -85,7 +106,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
-        "machine": measure.machine(wrk_binary()),
+        "machine": {**measure.machine(wrk_binary()), "load_average_start": load_start},
         "params": params,
         "error": error,
         **extra,

@@ -8,22 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from loadtest import grpc_load
+from loadtest.bench import openloop, procs, wsload
 from loadtest.bench.measure import CpuWindow, percentile
 from loadtest.counters import HTTP_BASE
 
 LUA = Path(__file__).resolve().parents[1] / "tweets.lua"
 WRK_GRACE_S = 4.0
 GRPC_START_DELAY_S = 3.0  # every gRPC load process imports and connects first
+CHILD_START_DELAY_S = 3.0  # a spawned Python load process imports before its start time
 
 Figures = dict[str, Any]
 
@@ -191,3 +196,122 @@ def run_grpc(
         "loadgen": f"grpc.aio x{processes} proc x{concurrency} conc",
         "target_rate_req_s": None,
     }
+
+
+# --- Python load processes (WebSocket, open loop) ---------------------------------------
+def in_children(
+    fn: Callable[[dict[str, Any]], dict[str, Any]], kwargs: list[dict[str, Any]], timeout_s: float
+) -> list[dict[str, Any]]:
+    """Run ``fn(kw)`` in one spawned process per ``kw`` (each bounded by its own deadline;
+    ``timeout_s`` is the backstop) and return their results in order."""
+    with ProcessPoolExecutor(len(kwargs), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, kw) for kw in kwargs]
+        return [f.result(timeout=timeout_s) for f in futures]
+
+
+def _common(started: float, seconds: float, cpu_s: float, window: CpuWindow) -> Figures:
+    return {
+        "started_at": started,
+        "duration_s": seconds,
+        "loadgen_cpu_s": round(cpu_s, 2),
+        "loadgen_cpu_pct": round(100 * cpu_s / seconds, 1),
+        "machine_cpu_pct": window.busy_pct(),
+    }
+
+
+def stream(args: argparse.Namespace) -> Load:
+    """Single tweets as WebSocket frames on ``/input/stream`` (wsload), end to end."""
+    url = HTTP_BASE.replace("http", "ws", 1) + "/input/stream"
+
+    def run(tag: str) -> Figures:
+        started = time.time() + CHILD_START_DELAY_S
+        window = CpuWindow(CHILD_START_DELAY_S, args.duration)
+        kw = {
+            **{"url": url, "tag": tag, "start_at": started, "duration_s": args.duration},
+            **{"connections": args.stream_connections, "in_flight": args.stream_in_flight},
+        }
+        (out,) = in_children(wsload.child, [kw], CHILD_START_DELAY_S + args.duration + 60)
+        lat = sorted(out["latencies_ms"])
+        return {
+            **_common(started, args.duration, out["cpu_s"], window),
+            "requests": out["frames"],
+            "accepted": out["accepted"],
+            "non_202": sum(out["errors"].values()),
+            "errors": out["errors"],
+            "socket_errors": out["unacked"],
+            "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99),
+            "max_ms": lat[-1] if lat else None,
+            "loadgen": f"websockets x{args.stream_connections} conn"
+            f" x{args.stream_in_flight} frames in flight",
+            "target_rate_req_s": None,
+        }
+
+    return Load(run, args.duration, CHILD_START_DELAY_S)
+
+
+def overload(
+    args: argparse.Namespace, rate: float, tail_rate: float, normal_p99_ms: float | None
+) -> Load:
+    """Open loop at ``rate`` req/s for ``--overload-duration`` s, then ``tail_rate`` for
+    ``--overload-tail`` s (how fast latency recovers); RSS of every stack process before
+    and after; each phase summarized apart."""
+    high, tail = args.overload_duration, args.overload_tail
+    phases = [(rate, high), (tail_rate, tail)]
+    split = urlsplit(HTTP_BASE)
+    shares = args.overload_processes
+
+    def run(tag: str) -> Figures:
+        stack = procs.stack_processes()
+        before = procs.sample(stack)
+        started = time.time() + CHILD_START_DELAY_S
+        window = CpuWindow(CHILD_START_DELAY_S, high)
+        kws = [
+            {"host": split.hostname, "port": split.port, "path": "/input", "phases": phases,
+             "share": i, "shares": shares, "start_at": started, "tag": f"{tag}-p{i}",
+             "timeout_s": 10.0, "max_connections": args.overload_connections // shares}
+            for i in range(shares)
+        ]  # fmt: skip
+        outs = in_children(openloop.child, kws, CHILD_START_DELAY_S + high + tail + 60)
+        after = procs.sample(procs.stack_processes())
+        records = [r for out in outs for r in out["records"]]
+        hot = openloop.summarize(openloop.window(records, 0, high), high)
+        cool = openloop.summarize(openloop.window(records, high, high + tail), tail)
+        normal = normal_p99_ms or percentile(
+            sorted(r[2] for r in openloop.window(records, high + tail - 5, high + tail)
+                   if r[3] == 202), 99)  # fmt: skip
+        cpu = sum(out["cpu_s"] for out in outs)
+        return {
+            **_common(started, high + tail, cpu, window),
+            "requests": hot["sent"] + cool["sent"],
+            "accepted": hot["accepted_n"] + cool["accepted_n"],
+            "non_202": hot["refused_503"] + cool["refused_503"] + hot["other_status"],
+            "socket_errors": hot["failed"] + cool["failed"],
+            "p50_ms": hot["p50_ms"],
+            "p99_ms": hot["p99_ms"],
+            "target_rate_req_s": rate,
+            "overload": hot,
+            "after_drop": cool,
+            "retry_after_503": sum(out["retry_after"] for out in outs),
+            "normal_p99_ms": normal,
+            "recovered_s": openloop.recovered_after(records, high, 2 * normal) if normal else None,
+            "rss_before_mib": procs.rss_mib(before),
+            "rss_after_mib": procs.rss_mib(after),
+            "loadgen": f"open loop x{shares} proc, <= {args.overload_connections} conn",
+        }
+
+    return Load(run, high + tail, CHILD_START_DELAY_S)
+
+
+# --- the Benthos anchor -----------------------------------------------------------------
+def benthos(args: argparse.Namespace, scenario: Literal["single", "array100"]) -> Load:
+    """Benthos v4.27 (built once, started per run) driven by the same wrk + tweets.lua;
+    every accepted tweet is then looked for in both brokers (``verified``)."""
+    from loadtest.benthos import run_anchor
+
+    def run(tag: str) -> Figures:
+        started = time.time()
+        result = run_anchor(scenario, args.duration, args.connections, tag=tag)
+        return {"started_at": started, **result.as_bench_run()}
+
+    return Load(run, args.duration)

@@ -32,6 +32,7 @@ def machine(wrk: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "wrk": wrk,
+        "load_average_end": [round(x, 1) for x in os.getloadavg()],
     }
 
 
@@ -83,6 +84,32 @@ class CpuWindow:
         if "start" not in self.samples:
             return None
         return busy_pct(self.samples["start"], self.samples.get("end") or cpu_times())
+
+
+BROKERS_AND_STORES = frozenset({"kafka", "rabbitmq", "redis", "valkey"})
+
+
+def ms_per(cpu_s: float | None, tweets: int) -> float | None:
+    return round(1000 * cpu_s / tweets, 3) if cpu_s is not None and tweets > 0 else None
+
+
+def cpu_per_tweet(
+    by_process: dict[str, float], machine_busy_s: float, loadgen_cpu_s: float | None, tweets: int
+) -> dict[str, Any]:
+    """CPU ms per accepted tweet over the sending window (in steady state the work done in
+    it is the work for what it accepted; the backlog left is in the lag figures): the
+    stack's processes (the pipeline's cost, whatever else the machine runs), its Serve/Ray
+    processes alone, and the whole machine less the load generator."""
+    stack = sum(by_process.values())
+    serve = sum(
+        v for k, v in by_process.items() if k not in BROKERS_AND_STORES and not k.startswith("ray:")
+    )
+    return {
+        "stack_cpu_s": round(stack, 2),
+        "stack_cpu_ms_per_tweet": ms_per(stack, tweets),
+        "serve_cpu_ms_per_tweet": ms_per(serve, tweets),
+        "machine_cpu_ms_per_tweet": ms_per(machine_busy_s - (loadgen_cpu_s or 0.0), tweets),
+    }
 
 
 def percentile(sorted_values: list[float], pct: float) -> float | None:

@@ -40,66 +40,112 @@ def one_line(run: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ingest issue's targets, each a ratio or a bound within this one run."""
+Row = dict[str, Any]
+
+
+def _num(value: float) -> str:
+    """1,234 for rates, 2.67 for small figures (never scientific notation)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def ratio(
+    target: str, num: float | None, den: float | None, *, lo: float | None = None,
+    hi: float | None = None, unit: str = "",
+) -> Row | None:  # fmt: skip
+    """``num / den`` against a floor ``lo`` or a ceiling ``hi``; None if either is missing."""
+    if not num or not den:
+        return None
+    r = num / den
+    met = (lo is None or r >= lo) and (hi is None or r <= hi)
+    value = f"{_num(num)}{unit} / {_num(den)}{unit} = {r:.2f}"
+    return {"target": target, "value": value, "met": met}
+
+
+def bound(target: str, value: float | None, *, lo: float | None = None,
+          hi: float | None = None, unit: str = "") -> Row | None:  # fmt: skip
+    """One figure against a floor or a ceiling; None if it was not measured."""
+    if value is None:
+        return None
+    met = (lo is None or value >= lo) and (hi is None or value <= hi)
+    return {"target": target, "value": f"{_num(value)}{unit}", "met": met}
+
+
+def _med(results: dict[str, Any], name: str, key: str) -> Any:
+    return (results.get(name) or {}).get("median", {}).get(key)
+
+
+def _overload_rows(results: dict[str, Any]) -> list[Row | None]:
+    """Issue 20 item 5, from the last overload run and the same run's medians."""
+    runs = (results.get("overload") or {}).get("runs") or []
+    if not runs:
+        return []
+    run, top = runs[-1], _med(results, "rest", "accepted_per_s")
+    hot, half_p99 = run["overload"], _med(results, "rest_half", "p99_ms")
+    rate = run["target_rate_req_s"]
+    return [
+        ratio("open-loop generator sent >= 0.95 x its target rate", hot["sent_per_s"], rate,
+              lo=0.95, unit="/s"),
+        ratio("overload: accepted >= 0.9 x max single-tweet rate", hot["accepted_per_s"],
+              top, lo=0.9, unit="/s"),
+        ratio("overload: p99 accepted <= 4 x half-rate p99", hot["p99_ms"], half_p99,
+              hi=4.0, unit=" ms"),
+        bound("overload: p99 of the 503 answers <= 100 ms", hot["p99_503_ms"], hi=100,
+              unit=" ms"),
+        bound("overload: latency normal again <= 5 s after the load drops",
+              run["recovered_s"], hi=5, unit=" s"),
+    ]  # fmt: skip
+
+
+def targets(results: dict[str, Any]) -> list[Row]:
+    """The issues' targets, each a ratio or a bound within this one run."""
 
     def med(name: str, key: str) -> Any:
-        return (results.get(name) or {}).get("median", {}).get(key)
+        return _med(results, name, key)
 
-    rows: list[dict[str, Any]] = []
-
-    def ratio_row(target: str, num: Any, den: Any, floor: float) -> None:
-        if num and den:
-            rows.append(
-                {"target": target, "value": f"{num:.0f} / {den:.0f} = {num / den:.2f}",
-                 "met": num / den >= floor}
-            )  # fmt: skip
-
-    ratio_row(
-        "REST single tweets end to end >= 0.6 x no-op HTTP ceiling",
-        med("rest", "e2e_tweets_per_s"),
-        med("noop", "accepted_per_s"),
-        0.6,
-    )
-    p99 = med("rest_half", "p99_ms")
-    if p99 is not None:
-        rows.append(
-            {"target": "p99 accept latency <= 50 ms at half max rate",
-             "value": f"{p99:.1f} ms", "met": p99 <= 50}
-        )  # fmt: skip
-    fr, fv = med("rest_half", "fresh_p99_redis_ms"), med("rest_half", "fresh_p99_valkey_ms")
-    if fr is not None and fv is not None:
-        rows.append(
-            {"target": "p99 freshness <= 500 ms at half max rate (Redis / Valkey)",
-             "value": f"{fr:.0f} / {fv:.0f} ms", "met": fr <= 500 and fv <= 500}
-        )  # fmt: skip
+    rest, benthos = med("rest", "e2e_tweets_per_s"), med("benthos", "e2e_tweets_per_s")
     batch = med("rest_batch", "e2e_tweets_per_s")
-    if batch is not None:
-        rows.append(
-            {"target": "REST arrays of 100 >= 10,000 tweets/s end to end",
-             "value": f"{batch:.0f} tweets/s", "met": batch >= 10_000}
-        )  # fmt: skip
-    grpc_batch = med("grpc_batch", "e2e_tweets_per_s")
-    if grpc_batch is not None and batch is not None:
-        rows.append(
-            {"target": "gRPC PublishBatch >= REST arrays (tweets/s)",
-             "value": f"{grpc_batch:.0f} vs {batch:.0f}", "met": grpc_batch >= batch}
-        )  # fmt: skip
-    ratio_row(
-        "gRPC Publish end to end >= 0.6 x no-op gRPC ceiling",
-        med("grpc", "e2e_tweets_per_s"),
-        med("noop_grpc", "accepted_per_s"),
-        0.6,
-    )
-    runs = [r for s in results.values() for r in s["runs"] if r.get("zero_loss") is not None]
+    fr, fv = med("rest_half", "fresh_p99_redis_ms"), med("rest_half", "fresh_p99_valkey_ms")
+    rows: list[Row | None] = [
+        ratio("REST single tweets end to end >= 0.6 x no-op HTTP ceiling", rest,
+              med("noop", "accepted_per_s"), lo=0.6),
+        ratio("REST single tweets end to end >= 0.6 x Benthos", rest, benthos, lo=0.6),
+        ratio("moonshot: REST single tweets end to end >= 1.0 x Benthos", rest, benthos, lo=1.0),
+        ratio("WebSocket single tweets end to end >= 1.0 x Benthos", med("stream",
+              "e2e_tweets_per_s"), benthos, lo=1.0),
+        ratio("CPU per tweet (stack processes) at half rate <= 1.2 x full rate",
+              med("rest_half", "stack_cpu_ms_per_tweet"), med("rest", "stack_cpu_ms_per_tweet"),
+              hi=1.2, unit=" ms"),
+        ratio("CPU per tweet (machine less load generator) at half rate <= 1.2 x full rate",
+              med("rest_half", "machine_cpu_ms_per_tweet"),
+              med("rest", "machine_cpu_ms_per_tweet"), hi=1.2, unit=" ms"),
+        bound("p99 accept latency <= 50 ms at half max rate", med("rest_half", "p99_ms"),
+              hi=50, unit=" ms"),
+        bound("p99 freshness <= 500 ms at half max rate (worse of Redis / Valkey)",
+              max(fr, fv) if fr is not None and fv is not None else None, hi=500, unit=" ms"),
+        bound("REST arrays of 100 >= 25,000 tweets/s end to end", batch, lo=25_000),
+        ratio("REST arrays of 100 end to end >= 2 x Benthos arrays", batch,
+              med("benthos_batch", "e2e_tweets_per_s"), lo=2.0),
+        ratio("gRPC PublishBatch >= REST arrays (tweets/s)",
+              med("grpc_batch", "e2e_tweets_per_s"), batch, lo=1.0),
+        ratio("gRPC Publish end to end >= 0.6 x no-op gRPC ceiling",
+              med("grpc", "e2e_tweets_per_s"), med("noop_grpc", "accepted_per_s"), lo=0.6),
+        *_overload_rows(results),
+    ]  # fmt: skip
+    runs = [r for s in results.values() for r in s["runs"]]
+    counted = [r for r in runs if r.get("zero_loss") is not None]
     rows.append(
-        {
-            "target": "zero loss in every pipeline run",
-            "value": f"{sum(r['zero_loss'] for r in runs)}/{len(runs)} runs exact",
-            "met": all(r["zero_loss"] for r in runs),
-        }
-    )
-    return rows
+        {"target": "zero loss in every pipeline run (accepted = Redis = Valkey)",
+         "value": f"{sum(r['zero_loss'] for r in counted)}/{len(counted)} runs exact",
+         "met": all(r["zero_loss"] for r in counted)}
+    )  # fmt: skip
+    anchors = [r for r in runs if "verified" in r]
+    if anchors:
+        rows.append(
+            {"target": "Benthos: every accepted tweet found in Kafka and RabbitMQ",
+             "value": f"{sum(r['verified'] for r in anchors)}/{len(anchors)} runs verified",
+             "met": all(r["verified"] for r in anchors)}
+        )  # fmt: skip
+    return [r for r in rows if r is not None]
 
 
 COLUMNS = [
@@ -115,6 +161,10 @@ COLUMNS = [
     ("RabbitMQ depth end", "rabbitmq_depth"),
     ("drain s", "drain_s"),
     ("zero loss", "zero_loss_all"),
+    ("Benthos verified", "verified_all"),
+    ("stack CPU ms/tweet", "stack_cpu_ms_per_tweet"),
+    ("Serve CPU ms/tweet", "serve_cpu_ms_per_tweet"),
+    ("machine CPU ms/tweet", "machine_cpu_ms_per_tweet"),
     ("loadgen CPU %", "loadgen_cpu_pct"),
     ("machine CPU %", "machine_cpu_pct"),
     ("Gateway replicas end", "replicas_end"),
@@ -129,6 +179,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict):
         return "/".join(str(value.get(k, "?")) for k in SCALED_KEYS)
     if isinstance(value, float):
+        if abs(value) < 1:
+            return f"{value:.3f}"
         return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
 
@@ -139,11 +191,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Benchmark {report['date']}",
         "",
         f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
-        f"kernel {m['kernel']}, Python {m['python']}.",
+        f"kernel {m['kernel']}, Python {m['python']}; load average (1/5/15 min) "
+        f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end.",
         f"Load: {p['duration']} s per run ({p['replica_duration']} s in the replica sweep), "
         f"{p['connections']} connections, {p['threads']} wrk thread(s), {p['batch']} "
         f"tweet(s) per request, gRPC {p['grpc_processes']} process(es) x "
-        f"{p['grpc_concurrency']} concurrent calls, freshness probe {p['probe_rate']}/s. "
+        f"{p['grpc_concurrency']} concurrent calls, WebSocket {p['stream_connections']} x "
+        f"{p['stream_in_flight']} frames in flight, freshness probe {p['probe_rate']}/s. "
         f"Every figure is the median of {p['repeat']} run(s).",
         "",
         "| " + " | ".join(c for c, _ in COLUMNS) + " |",
@@ -157,6 +211,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("|---|---|---|")
     for row in report["targets"]:
         lines.append(f"| {row['target']} | {row['value']} | {'yes' if row['met'] else 'no'} |")
+    lines += overload_markdown(report["scenarios"].get("overload"))
     auto = report["scenarios"].get("replicas_auto")
     if auto and auto.get("timeline"):
         lines += ["", "## Autoscaling: Gateway replicas over time", ""]
@@ -175,6 +230,37 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"(last sample t={auto['timeline'][-1]['t']}s)")
         lines.append("```")
     return "\n".join(lines) + "\n"
+
+
+def overload_markdown(entry: dict[str, Any] | None) -> list[str]:
+    """The overload run's phases, answers and every stack process's RSS before/after."""
+    if not entry or not entry.get("runs"):
+        return []
+    run = entry["runs"][-1]
+    lines = ["", "## Overload (open loop)", "", entry["title"], "", "| Phase | " + " | ".join(
+        PHASE_KEYS) + " |", "|---|" + "---|" * len(PHASE_KEYS)]  # fmt: skip
+    for phase in ("overload", "after_drop"):
+        lines.append(
+            f"| {phase} | " + " | ".join(_cell(run[phase].get(k)) for k in PHASE_KEYS) + " |"
+        )
+    lines += [
+        "",
+        f"503 answers with Retry-After: {run['retry_after_503']}; normal p99 "
+        f"{_cell(run['normal_p99_ms'])} ms; latency back to <= 2 x normal "
+        f"{_cell(run['recovered_s'])} s after the load dropped; accepted = Redis = Valkey: "
+        f"{_cell(run['zero_loss'])}.",
+        "",
+        "| Process | RSS before MiB | RSS after MiB |",
+        "|---|---|---|",
+    ]
+    before, after = run["rss_before_mib"], run["rss_after_mib"]
+    for name in sorted(set(before) | set(after)):
+        lines.append(f"| {name} | {_cell(before.get(name))} | {_cell(after.get(name))} |")
+    return lines
+
+
+PHASE_KEYS = ("scheduled", "sent_per_s", "accepted_per_s", "share_503", "p50_ms", "p99_ms",
+              "p99_503_ms", "failed", "no_connection", "send_lag_p99_ms")  # fmt: skip
 
 
 def print_table(report: dict[str, Any]) -> None:

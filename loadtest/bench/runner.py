@@ -1,5 +1,6 @@
 """Runs the scenarios: deploys what each needs, repeats its runs, and measures each run
-against both stores (ceilings: the load generator's figures only)."""
+against both stores and the stack's CPU (ceilings: the load generator's figures only;
+the Benthos anchor: its own figures, verified in its brokers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from devstack import serve_ops
 from loadtest import counters
-from loadtest.bench import measure, report, variants
+from loadtest.bench import measure, procs, report, variants
 from loadtest.bench.drivers import Figures, Load
 from loadtest.bench.scenarios import SCENARIOS, Scenario
 from loadtest.counters import Counters
@@ -54,8 +55,11 @@ class Bench:
 
     async def scenario(self, scenario: Scenario) -> None:
         title, load = scenario.plan(self.args, self.results)
-        if scenario.ceiling:
+        if scenario.kind == "ceiling":
             await self.repeat(scenario.name, title, lambda: self.ceiling_run(scenario.name, load))
+            return
+        if scenario.kind == "anchor":
+            await self.repeat(scenario.name, title, lambda: self.anchor_run(scenario.name, load))
             return
         timeline: list[dict[str, Any]] = []
         t0 = time.time()
@@ -90,6 +94,8 @@ class Bench:
         entry["median"]["zero_loss_all"] = (
             all(r["zero_loss"] for r in runs) if runs[0]["zero_loss"] is not None else None
         )
+        if "verified" in runs[0]:  # medians drop booleans: the anchor's check, all runs
+            entry["median"]["verified_all"] = all(r["verified"] for r in runs)
         self.results[name] = entry
         return entry
 
@@ -101,6 +107,19 @@ class Bench:
         out["zero_loss"] = None
         return out
 
+    async def anchor_run(self, name: str, load: Load) -> Figures:
+        """Benthos: its figures as they are (e2e = accepted rate if verified in brokers),
+        plus CPU per tweet of Benthos itself and of the two brokers it publishes to."""
+        stack = await asyncio.to_thread(procs.stack_processes)
+        before = await asyncio.to_thread(procs.sample, stack)
+        out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
+        brokers = procs.cpu_between(before, await asyncio.to_thread(procs.sample, stack))
+        cpu = out["benthos_cpu_s"] + brokers.get("kafka", 0.0) + brokers.get("rabbitmq", 0.0)
+        out["stack_cpu_by_process_s"] = {**brokers, "benthos": out["benthos_cpu_s"]}
+        out["stack_cpu_ms_per_tweet"] = measure.ms_per(cpu, out["accepted"])
+        out["serve_cpu_ms_per_tweet"] = out["cpu_ms_per_tweet"]  # Benthos's own process
+        return out
+
     async def pipeline_run(self, name: str, load: Load) -> Figures:
         """One pipeline run: load + probe, lag at the end of the sending window, drain."""
         a = self.args
@@ -109,12 +128,21 @@ class Bench:
         probe = Probe(self.counters, rate=a.probe_rate)
         at_end: dict[str, Any] = {}
 
+        stack = await asyncio.to_thread(procs.stack_processes)
+        cpu_at: dict[str, tuple[procs.Usage, measure.CpuSample, float]] = {}
+
+        async def take_cpu(which: str) -> None:
+            usage = await asyncio.to_thread(procs.sample, stack)
+            cpu_at[which] = (usage, measure.cpu_times(), time.time())
+
         async def start_probe() -> None:
             await asyncio.sleep(load.start_delay)
+            await take_cpu("start")
             probe.start()
 
         async def end_of_window() -> None:  # consumer lag and replicas as the load stops
             await asyncio.sleep(load.start_delay + load.duration + 0.2)
+            await take_cpu("end")  # CPU over the sending window (wrk's idle grace is not)
             await probe.stop_sending()  # the probe sends within the load's window only
             at_end.update(await counters.lag())
             at_end["replicas_end"] = await measure.replicas()
@@ -143,4 +171,11 @@ class Bench:
         )
         out.update(measure.delivery(out, before, after, counted_at))
         out.update(measure.freshness(probe_result))
+        (u0, m0, t0), (u1, m1, t1) = cpu_at["start"], cpu_at["end"]
+        by_process = procs.cpu_between(u0, u1)
+        out["stack_cpu_by_process_s"] = by_process
+        out.update(
+            measure.cpu_per_tweet(by_process, m1[0] - m0[0], out.get("loadgen_cpu_s"), accepted)
+        )
+        out["cpu_span_s"] = round(t1 - t0, 2)
         return out

@@ -1,13 +1,15 @@
 """Every scenario of the benchmark, in the order they run: one entry each. A scenario
-names its driver and settings (``plan``), whether a pipeline stands behind it (ceilings
-have none: no counts, no freshness), and the Serve config variant it needs, if any."""
+names its driver and settings (``plan``), what stands behind it (``kind``: our pipeline,
+counted in both stores; a ceiling, no counts; the Benthos anchor, verified in its
+brokers), the Serve config variant it needs, if any, and whether it runs only on request
+(``optional``: not in the default set)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from loadtest.bench import drivers
 from loadtest.bench.drivers import Load
@@ -16,21 +18,50 @@ from loadtest.bench.variants import NOOP_APP, NOOP_ROUTE, Config, replica_varian
 Results = dict[str, Any]
 Plan = Callable[[argparse.Namespace, Results], tuple[str, Load]]
 """(args, results so far) -> (title, load)."""
+Kind = Literal["pipeline", "ceiling", "anchor"]
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     plan: Plan
-    ceiling: bool = False
+    kind: Kind = "pipeline"
     variant: Callable[[Config, argparse.Namespace], Config] | None = None
     autoscaling: bool = False  # sample replicas during the runs, then cool down
+    optional: bool = False
+
+
+def median_of(results: Results, name: str, key: str) -> Any:
+    return (results.get(name) or {}).get("median", {}).get(key)
+
+
+def max_rate(a: argparse.Namespace, results: Results) -> tuple[float, str]:
+    """The measured max single-tweet rate (accepted/s of ``rest``) or ``--max-rate``."""
+    if a.max_rate:
+        return a.max_rate, "--max-rate"
+    measured = median_of(results, "rest", "accepted_per_s")
+    if not measured:
+        raise RuntimeError("overload needs the rest scenario first or --max-rate")
+    return measured, "the rest median"
+
+
+def _overload(a: argparse.Namespace, results: Results) -> tuple[str, Load]:
+    """2 x the max single-tweet rate, open loop, then half the max (recovery)."""
+    top, how = max_rate(a, results)
+    rate = a.overload_factor * top
+    title = (
+        f"Overload: open loop at {rate:.0f} req/s ({a.overload_factor:g} x {top:.0f}, {how})"
+        f" for {a.overload_duration:g} s, then {top / 2:.0f} req/s for {a.overload_tail:g} s"
+    )
+    normal = median_of(results, "rest_half", "p99_ms")
+    return title, drivers.overload(a, rate, top / 2, normal)
 
 
 def _half_rate(a: argparse.Namespace, results: Results) -> tuple[str, Load]:
     """Paced at half the measured ``rest`` rate (or ``--half-rate``)."""
-    rest = (results.get("rest") or {}).get("median", {})
-    measured = rest.get("e2e_tweets_per_s") or rest.get("accepted_per_s")
+    measured = median_of(results, "rest", "e2e_tweets_per_s") or median_of(
+        results, "rest", "accepted_per_s"
+    )
     if a.half_rate:
         half, how = a.half_rate, "--half-rate"
     elif measured:
@@ -52,11 +83,19 @@ def _fixed(n: int) -> Scenario:
     )
 
 
+def _anchor(name: str, scenario: Literal["single", "array100"], what: str) -> Scenario:
+    return Scenario(
+        name,
+        lambda a, _: (f"Anchor: Benthos v4.27, {what} (wrk)", drivers.benthos(a, scenario)),
+        kind="anchor",
+    )
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "noop",
         lambda a, _: ("Ceiling: no-op Serve app, POST /noop (wrk)", drivers.wrk(a, NOOP_ROUTE)),
-        ceiling=True,
+        kind="ceiling",
     ),
     Scenario(
         "noop_grpc",
@@ -64,11 +103,19 @@ SCENARIOS: tuple[Scenario, ...] = (
             "Ceiling: no-op Serve gRPC method, Publish on app noop (grpc.aio)",
             drivers.grpc(a, batch=1, application=NOOP_APP),
         ),
-        ceiling=True,
+        kind="ceiling",
     ),
     Scenario(
         "rest",
         lambda a, _: ("Pipeline, REST POST /input (wrk, closed loop)", drivers.wrk(a, "/input")),
+    ),
+    _anchor("benthos", "single", "single-tweet POSTs, same brokers and contract"),
+    Scenario(
+        "stream",
+        lambda a, _: (
+            "Pipeline, WebSocket /input/stream, one tweet per frame (websockets)",
+            drivers.stream(a),
+        ),
     ),
     Scenario("rest_half", _half_rate),
     Scenario(
@@ -78,6 +125,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             drivers.wrk(a, "/input", batch=a.big_batch),
         ),
     ),
+    _anchor("benthos_batch", "array100", "arrays of 100 split per tweet"),
     Scenario(
         "grpc",
         lambda a, _: (
@@ -103,6 +151,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         variant=lambda base, a: replica_variant(base, None, a.autoscale),
         autoscaling=True,
     ),
+    Scenario("overload", _overload, optional=True),
 )
 
 ALL_SCENARIOS = tuple(s.name for s in SCENARIOS)
+DEFAULT_SCENARIOS = tuple(s.name for s in SCENARIOS if not s.optional)

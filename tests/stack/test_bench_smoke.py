@@ -1,9 +1,11 @@
 """Smoke run of the benchmark machinery against the stack started by ``make up``.
 
-REPEAT=1, a few seconds per scenario (no-op HTTP and gRPC ceilings, REST single, at half
-rate and in arrays, gRPC Publish and PublishBatch, the Gateway fixed at 1 replica). It must
+REPEAT=1, a few seconds per scenario (no-op HTTP and gRPC ceilings, REST single, WebSocket
+single tweets, REST at half rate and in arrays, gRPC Publish and PublishBatch, the Gateway
+fixed at 1 replica, and the Benthos anchor when its binary is already built). It must
 write bench.json and bench.md and lose nothing (accepted == Redis delta == Valkey delta in
-every run); speed is not asserted. The benchmark deploys config variants and always
+every run, every Benthos run verified in both brokers), and report CPU per tweet; speed is
+not asserted. The benchmark deploys config variants and always
 deploys serve_config.yaml again at the end; this test checks that too.
 """
 
@@ -19,6 +21,7 @@ import pytest
 from devstack import serve_ops
 from devstack.config import REPO
 from loadtest.bench.variants import NOOP_APP
+from loadtest.benthos import build
 
 pytestmark = pytest.mark.usefixtures("devstack_serve")
 
@@ -46,13 +49,20 @@ def test_bench_smoke_writes_results_and_loses_nothing(tmp_path: Path) -> None:
     assert report["machine"]["cores"] >= 1
     scenarios = report["scenarios"]
     ceilings = {"noop", "noop_grpc"}
-    pipeline = {"rest", "rest_half", "rest_batch", "grpc", "grpc_batch", "replicas_1"}
-    assert ceilings | pipeline <= set(scenarios)
+    pipeline = {"rest", "stream", "rest_half", "rest_batch", "grpc", "grpc_batch", "replicas_1"}
+    anchors = {"benthos", "benthos_batch"} if build.binary().exists() else set()
+    assert ceilings | pipeline | anchors <= set(scenarios)
+    assert "overload" not in scenarios
     for name in ceilings:
         assert scenarios[name]["median"]["accepted"] > 0, name
+    for name in anchors:
+        assert scenarios[name]["median"]["verified_all"] is True, scenarios[name]["runs"]
+        assert scenarios[name]["median"]["e2e_tweets_per_s"] > 0
+    for name in ("rest", "rest_half"):
+        assert scenarios[name]["median"]["stack_cpu_ms_per_tweet"] > 0
     for name, entry in scenarios.items():
         for run in entry["runs"]:
-            if name in ceilings:
+            if name in ceilings | anchors:
                 continue
             assert run["accepted"] > 0, name
             assert run["accepted"] == run["redis_delta"] == run["valkey_delta"], (name, run)

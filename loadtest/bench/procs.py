@@ -1,0 +1,97 @@
+"""The stack's own processes (Ray, Serve replicas, HAProxy, Kafka, RabbitMQ, Redis,
+Valkey) and what each costs: CPU seconds and RSS from psutil. On a shared machine the
+machine-wide CPU includes other people's work; the sum over these processes does not."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from devstack.config import stack_config
+from devstack.procs import belongs_to_stack
+
+SERVER_NAMES = {
+    "java": "kafka",
+    "redis-server": "redis",
+    "haproxy": "haproxy",
+    "gcs_server": "ray:gcs",
+    "raylet": "ray:raylet",
+}
+RABBITMQ_PARTS = ("beam.smp", "epmd", "erl_child_setup", "inet_gethost", "rabbit")
+
+
+def label(cmdline: list[str], name: str) -> str:
+    """A stable, readable name for one process (the same across runs, not its pid):
+    a Ray actor by its title, a server by what it is, Ray's own Python helpers as
+    ``ray:<script>``."""
+    first = cmdline[0] if cmdline else name
+    if first.startswith("ray::"):
+        return first.removeprefix("ray::").removeprefix("ServeReplica:")
+    base = Path(first.split(" ", 1)[0]).name  # redis-server rewrites its title to one string
+    if "valkey" in first:
+        return "valkey"
+    if any(part in " ".join(cmdline[:3]) for part in RABBITMQ_PARTS):
+        return "rabbitmq"
+    if base in SERVER_NAMES:
+        return SERVER_NAMES[base]
+    script = next((Path(a).stem for a in cmdline[1:] if a.endswith(".py")), None)
+    module = cmdline[cmdline.index("-m") + 1] if "-m" in cmdline[:-1] else None
+    return f"ray:{script or module or base}"
+
+
+def _pid_files() -> set[int]:
+    """Servers started without DEVSTACK_DIR in their environment (Redis, Valkey)."""
+    pids = set()
+    for path in stack_config.state_dir.glob("*/*.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pids.add(int(path.read_text().split()[0]))
+    return pids
+
+
+def stack_processes() -> dict[int, psutil.Process]:
+    """Every live process of this checkout's stack, by pid."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        if belongs_to_stack(proc.pid):
+            found[proc.pid] = proc
+    for pid in _pid_files() - set(found):
+        with contextlib.suppress(psutil.Error):
+            found[pid] = psutil.Process(pid)
+    return found
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds and RSS bytes per process label at one moment."""
+
+    cpu_s: dict[str, float]
+    rss: dict[str, int]
+
+
+def sample(procs: dict[int, psutil.Process]) -> Usage:
+    """CPU and RSS of ``procs``, summed per label (a process gone meanwhile is skipped)."""
+    cpu: dict[str, float] = {}
+    rss: dict[str, int] = {}
+    for proc in procs.values():
+        try:
+            with proc.oneshot():
+                name = label(proc.cmdline(), proc.name())
+                times = proc.cpu_times()
+                memory = proc.memory_info().rss
+        except psutil.Error:
+            continue
+        cpu[name] = cpu.get(name, 0.0) + times.user + times.system
+        rss[name] = rss.get(name, 0) + memory
+    return Usage(cpu, rss)
+
+
+def cpu_between(start: Usage, end: Usage) -> dict[str, float]:
+    """CPU seconds each label used between two samples (labels present in both)."""
+    return {k: round(end.cpu_s[k] - start.cpu_s[k], 3) for k in end.cpu_s if k in start.cpu_s}
+
+
+def rss_mib(usage: Usage) -> dict[str, float]:
+    return {k: round(v / 2**20, 1) for k, v in sorted(usage.rss.items())}
