@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.chaos.runner import main
+
+sys.exit(main())

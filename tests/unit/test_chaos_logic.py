@@ -1,0 +1,228 @@
+"""The chaos suite's pure logic, without servers: the judge, the pause measure, the iptables
+rules of a partition (and their exact removal), the topic overrides of the retention round,
+the hostile collisions and the 'actors run the deployed version' test."""
+
+from __future__ import annotations
+
+import json
+
+import pamqp.encode
+import pytest
+
+from loadtest.chaos import hostile, network, processes, retention
+from loadtest.chaos.core import Tally, failures, grown, longest_pause, ours, same_breakdowns
+from loadtest.chaos.runner import QUICK, ROUNDS
+from serve_app.model.codec import decode_message
+from serve_app.store.core import fingerprint, wins
+
+
+def tally(**changes: object) -> Tally:
+    base: dict[str, object] = {
+        "accepted": 100,
+        "redis": 100,
+        "valkey": 100,
+        "breakdowns_equal": True,
+        "dead": {"kafka": 0, "rabbitmq": 0},
+        "expected_dead": {"kafka": 0, "rabbitmq": 0},
+    }
+    return Tally(**{**base, **changes})  # type: ignore[arg-type]
+
+
+# --- the judge ------------------------------------------------------------------------------
+def test_exact_counts_pass() -> None:
+    assert failures(tally()) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"redis": 99}, "redis 99 != accepted 100"),
+        ({"valkey": 101}, "valkey 101 != accepted 100"),
+        ({"breakdowns_equal": False}, "breakdowns"),
+        ({"dead": {"kafka": 1, "rabbitmq": 0}}, "kafka dead letters grew by 1, expected 0"),
+        ({"gave_up": 2}, "2 requests gave up"),
+        ({"checks": {"rules_removed": False}}, "check failed: rules_removed"),
+        ({"skipped": {"redis": 3}}, "redis reported 3 skipped records"),
+    ],
+)
+def test_any_difference_fails(changes: dict[str, object], why: str) -> None:
+    assert any(why in reason for reason in failures(tally(**changes)))
+
+
+def test_poison_is_expected_per_broker() -> None:
+    poisoned = {"kafka": 10, "rabbitmq": 15}
+    assert failures(tally(dead=poisoned, expected_dead=poisoned)) == []
+    assert failures(tally(dead={"kafka": 10, "rabbitmq": 14}, expected_dead=poisoned))
+
+
+def test_a_skip_is_allowed_only_when_reported_and_valkey_is_exact() -> None:
+    reported = tally(redis=90, skipped={"redis": 2}, breakdowns_equal=False)
+    assert failures(reported, skips_allowed=True) == []
+    assert failures(reported, skips_allowed=False)
+    silent = tally(redis=90, breakdowns_equal=False)
+    assert failures(silent, skips_allowed=True)
+    assert failures(tally(redis=90, valkey=90, skipped={"redis": 2}), skips_allowed=True)
+
+
+def test_growth_and_pause() -> None:
+    before = {"total": 1, "by_country": {"ES": 1}, "by_weather": {}, "by_country_weather": {}}
+    after = {**before, "total": 3, "by_country": {"ES": 2, "FR": 1}}
+    assert grown(before, after)["by_country"] == {"ES": 1, "FR": 1}
+    samples = [(0.0, 0, 0), (1.0, 1, 0), (1.5, 1, 0), (4.0, 1, 1), (4.2, 2, 2)]
+    assert longest_pause(samples) == 3.0
+
+
+def test_only_the_loads_countries_count_when_other_clients_share_the_stack() -> None:
+    delta = {
+        "total": 5,
+        "by_country": {"GT": 3, "NU": 2},
+        "by_weather": {"Soleado": 5},
+        "by_country_weather": {"GT:Soleado": 3, "NU:Soleado": 2},
+    }
+    mine = ours(delta)
+    assert (mine["total"], mine["other"]) == (3, 2)
+    assert mine["by_country_weather"] == {"GT:Soleado": 3}
+    assert mine["by_weather"] is None
+    alone = ours(
+        {**delta, "total": 3, "by_country": {"GT": 3}, "by_country_weather": {"GT:Soleado": 3}}
+    )
+    assert alone["by_weather"] == {"Soleado": 5}
+    assert same_breakdowns(mine, alone)
+    assert not same_breakdowns(mine, {**alone, "by_country": {"GT": 2}})
+
+
+# --- partitions -----------------------------------------------------------------------------
+def test_partition_rules_are_ours_on_loopback_only() -> None:
+    commands = network.partition_commands(6379)
+    assert commands[0] == ["iptables", "-w", "5", "-N", network.CHAIN]
+    for cmd in commands:
+        assert "-F" not in cmd and "-X" not in cmd
+        assert network.CHAIN in cmd
+    jump = commands[-1]
+    assert jump[3:] == ["-I", "INPUT", "1", "-i", "lo", "-j", network.CHAIN]
+    drops = [c for c in commands if "DROP" in c]
+    assert {c[c.index("-p") + 3] for c in drops} == {"6379"}
+    assert {c[c.index("-p") + 2] for c in drops} == {"--dport", "--sport"}
+
+
+def test_removal_is_by_exact_spec_of_our_chain_only() -> None:
+    listing = (
+        f"-N {network.CHAIN}\n"
+        f"-A {network.CHAIN} -p tcp -m tcp --dport 9092 -j DROP\n"
+        f"-A {network.CHAIN} -p tcp -m tcp --sport 9092 -j DROP\n"
+        "-A KUBE-FIREWALL -j DROP\n"
+    )
+    assert network.rule_deletions(listing) == [
+        [
+            "iptables",
+            "-w",
+            "5",
+            "-D",
+            network.CHAIN,
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            "9092",
+            "-j",
+            "DROP",
+        ],  # fmt: skip
+        [
+            "iptables",
+            "-w",
+            "5",
+            "-D",
+            network.CHAIN,
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--sport",
+            "9092",
+            "-j",
+            "DROP",
+        ],  # fmt: skip
+    ]
+
+
+def test_every_server_has_its_port() -> None:
+    assert network.server_port("kafka") == 9092
+    assert {network.server_port(n) for n in ("rabbitmq", "redis", "valkey")} == {5672, 6379, 6380}
+
+
+# --- retention ------------------------------------------------------------------------------
+def test_only_the_topics_own_overrides_are_kept_and_restored() -> None:
+    entries = [
+        ("cleanup.policy", "delete", False, 5, False, []),
+        ("retention.ms", "86400000", False, 5, False, []),
+        ("max.message.bytes", "2000000", False, 1, False, []),
+        ("retention.bytes", "1073741824", False, 4, False, []),
+    ]
+    current = retention.overrides(entries)
+    assert current == {"max.message.bytes": "2000000"}
+    short = retention.shortened(current)
+    assert short["max.message.bytes"] == "2000000"
+    assert int(short["retention.ms"]) == retention.RETENTION_MS
+    assert retention.STALL_S < retention.RETENTION_MS / 1000 < retention.DOWN_S
+
+
+def test_stall_variant_changes_only_the_ingest_args() -> None:
+    config = retention.stalled_ingest_config()
+    [ingest] = [a for a in config["applications"] if a["name"] == "ingest"]
+    assert ingest["args"]["admission_kafka_max_stall_s"] == retention.STALL_S
+    assert all(a.get("args") in ({}, None) for a in config["applications"] if a is not ingest)
+
+
+# --- hostile messages -----------------------------------------------------------------------
+VICTIM = {"id": "v-1", "description": "hace sol", "country": "ES", "weather": "sunny"}
+
+
+@pytest.mark.parametrize("smaller", [True, False])
+def test_a_collision_wins_or_loses_as_asked_without_moving_breakdowns(smaller: bool) -> None:
+    collider = hostile.colliding(VICTIM, smaller)
+    assert (collider["id"], collider["country"], collider["weather"]) == ("v-1", "ES", "sunny")
+    fp = fingerprint(collider["description"], "ES", "sunny")
+    assert wins(fp, fingerprint("hace sol", "ES", "sunny")) is smaller
+
+
+def test_every_hostile_body_is_exactly_one_poison_or_a_valid_collision() -> None:
+    victims = [VICTIM, {**VICTIM, "id": "v-2"}]
+    bodies = hostile.hostile_bodies(victims)
+    for name, body in bodies.items():
+        decoded = decode_message(body)
+        if name.startswith("collision"):
+            assert len(decoded.tweets) == 1 and not decoded.poison, name
+        else:
+            assert len(decoded.poison) == 1 and not decoded.tweets, name
+            assert decoded.poison[0].reason, name
+
+
+def test_hostile_amqp_properties_are_at_their_limits() -> None:
+    message = hostile.amqp_message(b"x")
+    raw = message.properties
+    assert len(pamqp.encode.short_string(raw.message_id or "")) == 1 + 255
+    encoded = pamqp.encode.field_table(message.headers)
+    assert b"\xff\xfe\xc3\x28" in encoded
+    with pytest.raises(UnicodeDecodeError):
+        b"\xff\xfe\xc3\x28".decode()
+    assert json.dumps(hostile.kafka_headers()[0][0])
+
+
+# --- consumers redeployed -------------------------------------------------------------------
+def test_actors_run_only_when_every_one_reports_the_version() -> None:
+    running = {"running": True, "config_version": "v2"}
+    assert processes.actors_run({"actors": {"a": running, "b": running}}, "v2")
+    old = {"running": True, "config_version": "v1"}
+    assert not processes.actors_run({"actors": {"a": running, "b": old}}, "v2")
+    gone = {"running": False, "unreachable": True}
+    assert not processes.actors_run({"actors": {"a": running, "b": gone}}, "v2")
+    assert not processes.actors_run({"actors": {}}, "v2")
+
+
+def test_rounds_and_quick_subset() -> None:
+    assert set(QUICK) <= set(ROUNDS)
+    for name in ("kafka_partition", "rabbitmq_partition", "redis_partition", "valkey_partition",
+                 "rabbitmq_disk_full", "redis_outage_retention", "hostile_messages",
+                 "kafka_outage_poison", "consumers_setting"):  # fmt: skip
+        assert name in ROUNDS
