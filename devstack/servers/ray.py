@@ -228,6 +228,9 @@ def _is_ray(pid: int) -> bool:
     Python processes it runs from the ``ray`` package (dashboard, agents, monitors)."""
     argv = procs.cmdline(pid)
     name = procs.proc_name(pid)
-    return name in {"gcs_server", "raylet"} or any(
-        a.startswith("ray::") or "/site-packages/ray/" in a for a in argv[:3]
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:2] and len(argv) > 2 else ""
+    return (
+        name in {"gcs_server", "raylet"}
+        or module.startswith("ray.")  # e.g. the client server, `python -m ray.util.client.server`
+        or any(a.startswith("ray::") or "/site-packages/ray/" in a for a in argv[:3])
     )

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,18 +18,34 @@ from devstack.servers.ray import Ray, _is_ray
 from devstack.waits import poll
 
 
-def _spawn(title: str, marked: bool) -> subprocess.Popen[bytes]:
+def _env(marked: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DEVSTACK_DIR"}
     if marked:
         env["DEVSTACK_DIR"] = str(stack_config.state_dir)
-    process = subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 30'], env=env)
+    return env
+
+
+def _spawn(title: str, marked: bool) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 30'], env=_env(marked))
     poll(lambda: procs.cmdline(process.pid)[:1] == [title], timeout=10, every=0.01)
     return process
 
 
+def _spawn_module(root: Path) -> subprocess.Popen[bytes]:
+    """``python3 -m ray.<module>``, the way Ray starts its client server."""
+    (root / "ray").mkdir()
+    (root / "ray" / "__init__.py").write_text("")
+    (root / "ray" / "sleeper.py").write_text("import time\ntime.sleep(30)\n")
+    env = {**_env(marked=True), "PYTHONPATH": str(root)}
+    process = subprocess.Popen([sys.executable, "-m", "ray.sleeper"], env=env)
+    poll(lambda: "-m" in procs.cmdline(process.pid), timeout=10, every=0.01)
+    return process
+
+
 @pytest.fixture
-def processes() -> Iterator[dict[str, int]]:
+def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
     started = {
+        "our_client_server": _spawn_module(tmp_path),
         "our_worker": _spawn("ray::IDLE", marked=True),
         "foreign_worker": _spawn("ray::IDLE", marked=False),  # Ray in a pod, another checkout
         "our_other_server": _spawn("redis-server", marked=True),
@@ -47,5 +65,6 @@ def test_only_marked_ray_processes_are_the_stacks(processes: dict[str, int]) -> 
     assert not _is_ray(processes["our_other_server"])
     chosen = set(Ray().ray_pids())
     assert processes["our_worker"] in chosen
+    assert processes["our_client_server"] in chosen
     assert processes["foreign_worker"] not in chosen
     assert processes["our_other_server"] not in chosen
