@@ -20,5 +20,4 @@ def test_import_contracts_are_kept() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 broken" in result.stdout or "broken" not in result.stdout.lower()
     assert result.stdout.count("KEPT") >= 5, result.stdout
