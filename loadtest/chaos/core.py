@@ -122,6 +122,25 @@ async def quiesce(timeout_s: float = 120.0) -> dict[str, Any]:
         return await apoll(monitor.read, drained, timeout=timeout_s, every=0.5)
 
 
+async def rabbitmq_dead_letters() -> int | None:
+    """RabbitMQ's dead-letter queue depth now (None while it cannot be read)."""
+    async with Monitor(settings, {}) as monitor:
+        return (await monitor.rabbitmq.read())["dead_letters"]
+
+
+async def rabbitmq_recovered(dead_letters: int, timeout_s: float = 180.0) -> float:
+    """Wait (bounded) until a restarted RabbitMQ shows its dead-letter queue at the depth
+    it had before the restart: a quorum queue reads empty until it has replayed its log
+    (minutes for hundreds of thousands of messages), which a snapshot taken earlier would
+    count as dead letters appearing. Returns the seconds it took."""
+    started = time.monotonic()
+    depth = await apoll(
+        rabbitmq_dead_letters, lambda d: d == dead_letters, timeout=timeout_s, every=1.0
+    )
+    assert depth == dead_letters, f"dead-letter queue at {depth}, {dead_letters} before"
+    return round(time.monotonic() - started, 1)
+
+
 async def snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
     """Both stores' stats (read together) and both brokers' dead-letter counts."""
     stores = both_stores(settings)

@@ -8,8 +8,10 @@ fault writes ``FILLER`` until less than its disk limit (50 MB, RabbitMQ's defaul
 holds the alarm past the publish deadline and deletes the filler. Afterwards RabbitMQ is
 stopped, the tmpfs content (the queues as they are now, dead letters included) replaces the
 data directory (copy beside it, then two renames), both mounts are removed by exact path and
-RabbitMQ started again. A killed run leaves the mounts behind: the next run finds them by
-path and restores the same way.
+RabbitMQ started again. After each restart the round waits until the dead-letter queue
+reads the depth it had before (a quorum queue reads empty while it replays its log), so the
+dead-letter counts before and after the round compare like with like. A killed run leaves
+the mounts behind: the next run finds them by path and restores the same way.
 
 Kafka is not put on a full disk here: with its one log directory full, the single broker
 takes itself offline, which is `kafka_kill` again after a log recovery, and its ~300 MB of
@@ -30,7 +32,7 @@ from pathlib import Path
 from devstack import stack
 from devstack.config import stack_config
 from devstack.waits import apoll
-from loadtest.chaos.core import Context, settings
+from loadtest.chaos.core import Context, rabbitmq_dead_letters, rabbitmq_recovered, settings
 
 DATA = stack_config.state_dir / "rabbitmq" / "mnesia"
 STAGE = Path("/tmp/weather-chaos-rabbitmq-disk")
@@ -107,12 +109,18 @@ async def small_disk(ctx: Context) -> AsyncIterator[None]:
     ctx.notes["leftover_restored"] = await asyncio.to_thread(back_to_disk)
     started = time.monotonic()
     try:
+        dead_letters = await rabbitmq_dead_letters()
         await asyncio.to_thread(onto_tmpfs)
+        if dead_letters is not None:
+            ctx.notes["recovered_on_tmpfs_s"] = await rabbitmq_recovered(dead_letters)
         ctx.notes["setup_s"] = round(time.monotonic() - started, 1)
         yield
     finally:
+        dead_letters = await rabbitmq_dead_letters()
         ctx.notes["teardown"] = await asyncio.to_thread(back_to_disk)
         ctx.checks["mounts_removed"] = not (mounted(DATA) or mounted(STAGE))
+        if dead_letters is not None:  # the next round's snapshot must not see it recovering
+            ctx.notes["recovered_on_disk_s"] = await rabbitmq_recovered(dead_letters)
 
 
 def _fill() -> int:

@@ -3,19 +3,18 @@
 A thin adapter. The REST face (:mod:`serve_app.ingest.rest`) and the gRPC face
 (:mod:`serve_app.ingest.grpc`) run over one :class:`serve_app.ingest.core.Ingest`, whose two writers
 are the ``KafkaWriter`` and ``RabbitWriter`` deployments passed in with ``.bind()``. What the
-adapter adds is Serve's part: one coalescing layer (``serve.batch``) for both faces, tuned by
-``user_config`` through :meth:`reconfigure`, the one deadline per request, and the replica's
+adapter adds is Serve's part: the one coalescing layer for both faces (the core's group
+commit, :class:`~serve_app.ingest.core.Coalescer`), tuned by ``user_config`` through
+:meth:`reconfigure`, the one deadline per request, and the replica's
 backlog poller for admission control (the brokers' own probes, read once per second).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -26,23 +25,24 @@ from starlette.routing import Route
 from serve_app.brokers.kafka import KafkaChunkWriter, KafkaProbe
 from serve_app.brokers.rabbitmq import RabbitChunkWriter, RabbitProbe
 from serve_app.errors import PublishFailed
-from serve_app.ingest.core import Admission, AdmissionPolicy, BacklogLimit, Ingest, IngestLimits
+from serve_app.ingest.core import (
+    Admission,
+    AdmissionPolicy,
+    BacklogLimit,
+    BatchConfig,
+    Coalescer,
+    Ingest,
+    IngestLimits,
+)
 from serve_app.ingest.docs import docs_routes
 from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.rest import build_rest_app
 from serve_app.model.codec import Chunk
-from serve_app.model.schema import Tweet, count_tweets
+from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
 from serve_app.runtime import ray_metrics
 from serve_app.settings import Settings
 from serve_app.store.client import both_stores, read_side_by_side
-
-
-class BatchConfig(BaseModel):
-    """The Gateway's ``user_config``: how ``serve.batch`` coalesces concurrent requests."""
-
-    max_batch_tweets: int = Field(default=1000, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
 
 
 class HandleWriter:
@@ -106,6 +106,7 @@ class Gateway:
             metrics=ray_metrics(),
             admission=admission_from(config),
         )
+        self._coalescer = Coalescer(self.ingest.publish, max_tweets=BatchConfig().max_batch_tweets)
         self._config = config
         self._stores = both_stores(config)
         self._grpc = PublisherService(self.ingest, self.publish)
@@ -147,29 +148,19 @@ class Gateway:
                 f"user_config max_batch_tweets={batching.max_batch_tweets} is below "
                 f"MAX_BATCH_TWEETS={largest_request}: a full request could never be batched"
             )
-        self._coalesced.set_max_batch_size(batching.max_batch_tweets)
-        self._coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._coalescer.configure(
+            batching.max_batch_tweets, batching.max_writes_in_flight, batching.linger_s
+        )
 
     async def publish(self, tweets: list[Tweet]) -> None:
         """One request's publish: coalesced with its neighbours, bounded by one deadline."""
         deadline_s = self.ingest.publish_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                await self._coalesced(tweets)
+                await self._coalescer.submit(tweets)
         except TimeoutError:
             late = f"not confirmed within {deadline_s:g} s"
             raise PublishFailed({w.broker: late for w in self.ingest.writers}) from None
-
-    @serve.batch(
-        max_batch_size=1000,
-        batch_wait_timeout_s=0.002,
-        max_concurrent_batches=4,
-        batch_size_fn=count_tweets,
-    )
-    async def _coalesced(self, batches: list[list[Tweet]]) -> list[None]:
-        """The one coalescing layer: many requests, one write to each broker."""
-        await self.ingest.publish(list(itertools.chain.from_iterable(batches)))
-        return [None] * len(batches)
 
     async def Publish(  # noqa: N802 - gRPC method name
         self, request: weather_pb2.Tweet, grpc_context: Any

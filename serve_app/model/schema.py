@@ -19,7 +19,6 @@ already in a broker into poison).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -140,8 +139,3 @@ def describe_errors(exc: ValidationError, index_errors: bool = True) -> list[dic
         msg = err["msg"].removeprefix("Value error, ")
         described.append({"loc": loc, "msg": msg, "type": err["type"]})
     return described
-
-
-def count_tweets(batches: Sequence[Sequence[Any]]) -> int:
-    """Batch size for ``serve.batch``: tweets, not calls (one call may carry 1,000)."""
-    return sum(len(b) for b in batches)

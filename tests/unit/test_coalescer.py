@@ -1,0 +1,170 @@
+"""The Gateway's group commit (serve_app.ingest.core.Coalescer), with a plain fake publish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from serve_app.errors import PublishFailed
+from serve_app.ingest.core import Coalescer, accept
+from serve_app.model.schema import TweetIn
+
+
+def tweets(n: int, prefix: str) -> list:
+    raw = [TweetIn(description=f"d{i}", country="GT", weather="Lluvioso") for i in range(n)]
+    return accept(raw, prefix=prefix)
+
+
+class GatedPublish:
+    """Records every write; each write waits until the test opens the gate."""
+
+    def __init__(self, gated: bool = True) -> None:
+        self.writes: list[list[str]] = []
+        self.gate = asyncio.Event()
+        if not gated:
+            self.gate.set()
+        self.fail_next: BaseException | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, batch: Sequence) -> None:
+        self.writes.append([t.id for t in batch])
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+            if self.fail_next is not None:
+                exc, self.fail_next = self.fail_next, None
+                raise exc
+        finally:
+            self.in_flight -= 1
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_request_is_written_at_once() -> None:
+    publish = GatedPublish(gated=False)
+    coalescer = Coalescer(publish, max_tweets=1000)
+    await asyncio.wait_for(coalescer.submit(tweets(1, "a")), 1)
+    assert publish.writes == [["a-0"]]
+
+
+async def test_requests_of_one_loop_turn_share_a_write() -> None:
+    publish = GatedPublish(gated=False)
+    coalescer = Coalescer(publish, max_tweets=1000)
+    await asyncio.wait_for(asyncio.gather(*(coalescer.submit(tweets(1, p)) for p in "ab")), 1)
+    assert [sorted(w) for w in publish.writes] == [["a-0", "b-0"]]
+
+
+async def test_arrivals_during_a_write_share_the_next_one() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000)
+    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
+    await settle()
+    waiting = [asyncio.create_task(coalescer.submit(tweets(2, p))) for p in "bcd"]
+    await settle()
+    assert publish.writes == [["a-0"]]  # one write in flight; the others wait for it
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 1)
+    assert publish.writes == [["a-0"], ["b-0", "b-1", "c-0", "c-1", "d-0", "d-1"]]
+
+
+async def test_a_write_holds_whole_requests_up_to_max_tweets() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=4)
+    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
+    await settle()
+    rest = [asyncio.create_task(coalescer.submit(tweets(n, p))) for n, p in ((3, "b"), (2, "c"))]
+    big = asyncio.create_task(coalescer.submit(tweets(5, "e")))  # larger than max: alone
+    await settle()
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest, big), 1)
+    assert [len(w) for w in publish.writes] == [1, 3, 2, 5]
+
+
+async def test_a_failed_write_fails_only_its_own_requests() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000)
+    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
+    await settle()
+    second = [asyncio.create_task(coalescer.submit(tweets(1, p))) for p in "bc"]
+    await settle()
+    publish.fail_next = PublishFailed({"kafka": "down"})
+    publish.gate.set()
+    with pytest.raises(PublishFailed):
+        await asyncio.wait_for(first, 1)
+    third = asyncio.create_task(coalescer.submit(tweets(1, "d")))
+    await asyncio.wait_for(asyncio.gather(*second, third), 1)
+    assert publish.writes == [["a-0"], ["b-0", "c-0"], ["d-0"]]
+
+
+async def test_a_request_given_up_before_its_write_is_left_out() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000)
+    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
+    await settle()
+    abandoned = asyncio.create_task(coalescer.submit(tweets(1, "b")))
+    kept = asyncio.create_task(coalescer.submit(tweets(1, "c")))
+    await settle()
+    abandoned.cancel()
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, kept), 1)
+    assert abandoned.cancelled()
+    assert publish.writes == [["a-0"], ["c-0"]]
+
+
+async def test_a_deadline_inside_a_write_does_not_disturb_the_others() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000)
+    impatient = asyncio.create_task(asyncio.wait_for(coalescer.submit(tweets(1, "a")), 0.01))
+    patient = asyncio.create_task(coalescer.submit(tweets(1, "b")))
+    with pytest.raises(TimeoutError):
+        await impatient  # gave up while its tweets were being written with b's
+    publish.gate.set()
+    await asyncio.wait_for(patient, 1)
+    assert [sorted(w) for w in publish.writes] == [["a-0", "b-0"]]
+
+
+async def test_max_in_flight_bounds_concurrent_writes() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000, max_in_flight=2)
+    calls = []
+    for p in "abcd":
+        calls.append(asyncio.create_task(coalescer.submit(tweets(1, p))))
+        await settle()
+    assert publish.writes == [["a-0"], ["b-0"]]
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(*calls), 1)
+    assert publish.most_in_flight == 2
+    assert publish.writes[2:] == [["c-0", "d-0"]]
+
+
+async def test_linger_gathers_requests_that_arrive_within_it() -> None:
+    publish = GatedPublish(gated=False)
+    coalescer = Coalescer(publish, max_tweets=1000, linger_s=0.05)
+    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(coalescer.submit(tweets(1, "b")))
+    await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert [sorted(w) for w in publish.writes] == [["a-0", "b-0"]]
+
+
+async def test_configure_applies_to_the_next_write_and_refuses_nonsense() -> None:
+    publish = GatedPublish()
+    coalescer = Coalescer(publish, max_tweets=1000)
+    coalescer.configure(max_tweets=1000, max_in_flight=3, linger_s=0.0)
+    calls = []
+    for p in "abcd":
+        calls.append(asyncio.create_task(coalescer.submit(tweets(1, p))))
+        await settle()
+    assert publish.writes == [["a-0"], ["b-0"], ["c-0"]]
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(*calls), 1)
+    for bad in ((0, 1, 0.0), (10, 0, 0.0), (10, 1, -1.0)):
+        with pytest.raises(ValueError):
+            coalescer.configure(*bad)
