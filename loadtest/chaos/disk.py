@@ -1,9 +1,10 @@
 """RabbitMQ on a small filesystem that fills up: its disk alarm must turn into 503s, never
 a lost 202, and clear once space is back.
 
-For the round, RabbitMQ's data directory (``<state>/rabbitmq/mnesia``) lives on a tmpfs of
-``TMPFS_MB`` at ``STAGE``: RabbitMQ is stopped (devstack's own stop), its data copied onto
-the tmpfs, which is bind-mounted over the data directory, and RabbitMQ started again. The
+For the round, RabbitMQ's data directory (``<state>/rabbitmq/mnesia``) lives on a tmpfs at
+``STAGE`` sized to its data plus ``HEADROOM_MB``: RabbitMQ is stopped (devstack's own stop),
+its data copied onto the tmpfs, which is bind-mounted over the data directory, and RabbitMQ
+started again. The
 fault writes ``FILLER`` until less than its disk limit (50 MB, RabbitMQ's default) is free,
 holds the alarm past the publish deadline and deletes the filler. Afterwards RabbitMQ is
 stopped, the tmpfs content (the queues as they are now, dead letters included) replaces the
@@ -39,7 +40,9 @@ STAGE = Path("/tmp/weather-chaos-rabbitmq-disk")
 FILLER = DATA / "chaos-filler"
 NEW = DATA.with_name("mnesia.chaos-new")
 OLD = DATA.with_name("mnesia.chaos-old")
-TMPFS_MB = 160
+HEADROOM_MB = 110
+"""Free space on the tmpfs once the data is on it: above RabbitMQ's disk limit (50 MB), so
+the alarm rises only when the round fills the disk, and clears once the filler is gone."""
 LEAVE_FREE_MB = 20
 """Free space left by the filler: below RabbitMQ's default disk_free_limit (50 MB)."""
 
@@ -58,11 +61,19 @@ def _free_mb(path: Path) -> float:
     return shutil.disk_usage(path).free / 2**20
 
 
+def tmpfs_mb(data: Path) -> int:
+    """The tmpfs for ``data``: its current size plus :data:`HEADROOM_MB`. A fixed size fails
+    once the queues grow (161,000 dead letters of earlier runs took 122 MB of a 160 MB
+    tmpfs, under the limit before the round began, and the alarm could never clear)."""
+    used = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and not f.is_symlink())
+    return int(used / 2**20) + HEADROOM_MB
+
+
 def onto_tmpfs() -> None:
     """RabbitMQ stopped, its data on a fresh tmpfs bind-mounted over the data directory."""
     stack.stop("rabbitmq")
     STAGE.mkdir(exist_ok=True)
-    _mount("mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs", str(STAGE))
+    _mount("mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb(DATA)}m,mode=0755", "tmpfs", str(STAGE))
     shutil.copytree(DATA, STAGE, dirs_exist_ok=True, symlinks=True)
     _mount("mount", "--bind", str(STAGE), str(DATA))
     stack.start("rabbitmq")
