@@ -106,7 +106,13 @@ class Gateway:
             metrics=ray_metrics(),
             admission=admission_from(config),
         )
-        self._coalescer = Coalescer(self.ingest.publish, max_tweets=BatchConfig().max_batch_tweets)
+        batching = BatchConfig()  # until reconfigure() brings the deployed user_config
+        self._coalescer = Coalescer(
+            self.ingest.publish,
+            batching.max_batch_tweets,
+            batching.max_writes_in_flight,
+            batching.linger_s,
+        )
         self._config = config
         self._stores = both_stores(config)
         self._grpc = PublisherService(self.ingest, self.publish)
