@@ -9,7 +9,7 @@ import json
 import pamqp.encode
 import pytest
 
-from loadtest.chaos import hostile, network, processes, retention
+from loadtest.chaos import disk, hostile, network, processes, retention
 from loadtest.chaos.core import Tally, failures, grown, longest_pause, ours, same_breakdowns
 from loadtest.chaos.runner import QUICK, ROUNDS
 from serve_app.model.codec import decode_message
@@ -226,3 +226,15 @@ def test_rounds_and_quick_subset() -> None:
                  "rabbitmq_disk_full", "redis_outage_retention", "hostile_messages",
                  "kafka_outage_poison", "consumers_setting"):  # fmt: skip
         assert name in ROUNDS
+
+
+def test_the_disk_round_sizes_its_tmpfs_to_the_data_plus_headroom(tmp_path) -> None:
+    """A fixed size left RabbitMQ under its disk limit before the fault once its queues held
+    122 MB: the alarm could never clear. The data's size plus the headroom always leaves more
+    than the 50 MB limit free until the round fills it."""
+    (tmp_path / "quorum").mkdir()
+    (tmp_path / "quorum" / "segment").write_bytes(b"\0" * (3 * 2**20))
+    (tmp_path / "schema.DAT").write_bytes(b"\0" * 2**20)
+    (tmp_path / "link").symlink_to(tmp_path / "schema.DAT")
+    assert disk.tmpfs_mb(tmp_path) == 4 + disk.HEADROOM_MB
+    assert disk.LEAVE_FREE_MB < 50 < disk.HEADROOM_MB  # RabbitMQ's disk limit in between
