@@ -19,6 +19,7 @@ from devstack.config import app_settings, stack_config
 from devstack.waits import apoll
 from loadtest import retrying
 from loadtest.tweets import COUNTRIES, TweetFactory
+from serve_app.brokers.rabbitmq import RabbitProbe
 from serve_app.dashboard.sources import Monitor
 from serve_app.store.client import both_stores, read_side_by_side
 
@@ -122,21 +123,34 @@ async def quiesce(timeout_s: float = 120.0) -> dict[str, Any]:
         return await apoll(monitor.read, drained, timeout=timeout_s, every=0.5)
 
 
-async def rabbitmq_dead_letters() -> int | None:
-    """RabbitMQ's dead-letter queue depth now (None while it cannot be read)."""
-    async with Monitor(settings, {}) as monitor:
-        return (await monitor.rabbitmq.read())["dead_letters"]
+async def rabbitmq_dead_letters(probe: RabbitProbe | None = None) -> int | None:
+    """RabbitMQ's dead-letter queue depth now (None while it cannot be read), through
+    ``probe`` if given (kept open), else a probe of its own."""
+    own = probe is None
+    probe = probe or RabbitProbe(settings)
+    try:
+        return (await probe.read())["dead_letters"]
+    finally:
+        if own:
+            await probe.close()
 
 
 async def rabbitmq_recovered(dead_letters: int, timeout_s: float = 180.0) -> float:
     """Wait (bounded) until a restarted RabbitMQ shows its dead-letter queue at the depth
     it had before the restart: a quorum queue reads empty until it has replayed its log
     (minutes for hundreds of thousands of messages), which a snapshot taken earlier would
-    count as dead letters appearing. Returns the seconds it took."""
+    count as dead letters appearing. One connection for the whole wait. Returns the
+    seconds it took."""
     started = time.monotonic()
-    depth = await apoll(
-        rabbitmq_dead_letters, lambda d: d == dead_letters, timeout=timeout_s, every=1.0
-    )
+    probe = RabbitProbe(settings)
+
+    async def read() -> int | None:
+        return await rabbitmq_dead_letters(probe)
+
+    try:
+        depth = await apoll(read, lambda d: d == dead_letters, timeout=timeout_s, every=1.0)
+    finally:
+        await probe.close()
     assert depth == dead_letters, f"dead-letter queue at {depth}, {dead_letters} before"
     return round(time.monotonic() - started, 1)
 
