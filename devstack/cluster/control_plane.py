@@ -239,6 +239,12 @@ class ControlPlane(ProcessHome):
         argv += ["--service-account-issuer", "https://kubernetes.default.svc"]
         argv += ["--service-account-key-file", str(sa_pub)]
         argv += ["--service-account-signing-key-file", str(sa_key)]
+        # Debian's etcd (3.4) cannot report watch progress, so the apiserver fails every
+        # watch it turns into a watch-list stream, which with this gate on is every watch
+        # from resourceVersion 0. KWOK watches that way: its Lease cache went stale, its
+        # renewals failed on conflicts, and when none landed for 50 s the node turned
+        # NotReady and its pods not ready for good (KWOK only readies Pending pods).
+        argv += ["--feature-gates=WatchList=false"]
         self.start("kube-apiserver", argv)
         self.wait("kube-apiserver", lambda: http_ok(f"{self.server}/readyz", self.token))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from devstack.cluster.control_plane import ControlPlane
+from devstack.cluster.control_plane import NODE_NAME, ControlPlane
 from kuberay import gen_secrets
 from kuberay.kustomize import render
 
@@ -56,8 +56,22 @@ def run_readme(cluster: ControlPlane, name: str, workdir: Path) -> str:
         timeout=1200,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"README block {name} failed:\n{output}"
+    assert result.returncode == 0, f"README block {name} failed:\n{output}{diagnosis(cluster)}"
     return output
+
+
+def diagnosis(cluster: ControlPlane) -> str:
+    """What a failed block leaves to read: node, workload and pod state, recent events."""
+    parts = []
+    for args in (
+        ("get", "nodes,deploy,pods", "-A", "-o", "wide"),
+        ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+    ):
+        try:
+            parts.append(cluster.kubectl(*args))
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            parts.append(f"kubectl {' '.join(args)}: {error}")
+    return "\n--- cluster state ---\n" + "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +321,16 @@ def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
     template = live["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     assert "weather-pipeline/credentials-rotated" in template["metadata"]["annotations"]
     run_readme(cluster, "apply", workdir)
+
+
+def test_fake_node_never_went_not_ready(cluster, applied):
+    """KWOK renewed the node's Lease throughout: a lapse makes the node NotReady and its
+    pods not ready for good (KWOK only readies Pending pods), which once failed CI."""
+    node = cluster.get_json("node", NODE_NAME)
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+    events = cluster.get_json("events", "-A")["items"]
+    assert not [e for e in events if e.get("reason") == "NodeNotReady"]
 
 
 def test_deleting_the_rayservice_removes_its_cluster_and_pods(cluster, applied, workdir):
