@@ -110,13 +110,14 @@ class Sampler:
 
     def __init__(self, store: Counters) -> None:
         self.store = store
-        self.stack = procs.stack_processes()
         self.samples: list[Sample] = []
         self.t0 = time.time()
         self.last: tuple[procs.Usage, int] | None = None
 
     async def take(self) -> Sample:
-        usage = await asyncio.to_thread(procs.sample, self.stack)
+        # Found again each time: replicas the autoscaler adds or stops come and go.
+        stack = await asyncio.to_thread(procs.stack_processes)
+        usage = await asyncio.to_thread(procs.sample, stack)
         redis, valkey = await self.store.totals()
         backlog = await lag()
         sample: Sample = {"t": round(time.time() - self.t0, 1), "redis_total": redis,

@@ -65,17 +65,20 @@ def stack_processes() -> dict[int, psutil.Process]:
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU seconds and RSS bytes per process label at one moment."""
+    """CPU seconds per process (pid -> label, seconds) and RSS bytes per label at one
+    moment. CPU is kept per pid because a label's processes come and go (a replica the
+    autoscaler adds or stops): summed per label, a stopped replica would read as negative
+    CPU."""
 
-    cpu_s: dict[str, float]
+    cpu: dict[int, tuple[str, float]]
     rss: dict[str, int]
 
 
 def sample(procs: dict[int, psutil.Process]) -> Usage:
-    """CPU and RSS of ``procs``, summed per label (a process gone meanwhile is skipped)."""
-    cpu: dict[str, float] = {}
+    """CPU and RSS of ``procs`` (a process gone meanwhile is skipped)."""
+    cpu: dict[int, tuple[str, float]] = {}
     rss: dict[str, int] = {}
-    for proc in procs.values():
+    for pid, proc in procs.items():
         try:
             with proc.oneshot():
                 name = label(proc.cmdline(), proc.name())
@@ -83,14 +86,21 @@ def sample(procs: dict[int, psutil.Process]) -> Usage:
                 memory = proc.memory_info().rss
         except psutil.Error:
             continue
-        cpu[name] = cpu.get(name, 0.0) + times.user + times.system
+        cpu[pid] = (name, times.user + times.system)
         rss[name] = rss.get(name, 0) + memory
     return Usage(cpu, rss)
 
 
 def cpu_between(start: Usage, end: Usage) -> dict[str, float]:
-    """CPU seconds each label used between two samples (labels present in both)."""
-    return {k: round(end.cpu_s[k] - start.cpu_s[k], 3) for k in end.cpu_s if k in start.cpu_s}
+    """CPU seconds each label used between two samples: per process alive at ``end``, its
+    time since ``start`` (all of it if it started meanwhile). A process that ended
+    meanwhile adds nothing: what it used after ``start`` is not known."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in end.cpu.items():
+        before = start.cpu.get(pid)
+        since = seconds - before[1] if before and before[0] == name else seconds
+        used[name] = used.get(name, 0.0) + since
+    return {name: round(seconds, 3) for name, seconds in used.items()}
 
 
 def rss_mib(usage: Usage) -> dict[str, float]:

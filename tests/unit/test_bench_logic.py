@@ -128,10 +128,18 @@ def test_process_labels(cmdline: list[str], name: str, expected: str) -> None:
 
 
 def test_cpu_between_and_rss() -> None:
-    a = procs.Usage({"x": 1.0, "gone": 3.0}, {"x": 2**20})
-    b = procs.Usage({"x": 1.5, "new": 9.0}, {"x": 3 * 2**20})
-    assert procs.cpu_between(a, b) == {"x": 0.5}
+    a = procs.Usage({1: ("x", 1.0), 2: ("gone", 3.0)}, {"x": 2**20})
+    b = procs.Usage({1: ("x", 1.5), 3: ("new", 9.0)}, {"x": 3 * 2**20})
+    assert procs.cpu_between(a, b) == {"x": 0.5, "new": 9.0}
     assert procs.rss_mib(b) == {"x": 3.0}
+
+
+def test_cpu_between_counts_per_process_when_a_replica_stops() -> None:
+    """Two replicas under one label, one stops: the survivor's time, never a negative sum;
+    a reused pid under another label counts as a new process."""
+    a = procs.Usage({1: ("gw", 10.0), 2: ("gw", 50.0), 4: ("old", 7.0)}, {})
+    b = procs.Usage({1: ("gw", 12.0), 4: ("new", 0.5)}, {})
+    assert procs.cpu_between(a, b) == {"gw": 2.0, "new": 0.5}
 
 
 # --- targets ----------------------------------------------------------------------------
