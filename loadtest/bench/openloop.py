@@ -15,6 +15,7 @@ import json
 import math
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,7 @@ def summarize(records: list[Record], seconds: float) -> dict[str, Any]:
         "refused_503": len(refused),
         "share_503": round(len(refused) / sent, 4) if sent else None,
         "other_status": sum(r[3] not in (202, 503, FAILED, NO_CONNECTION) for r in records),
+        "other_statuses": other_statuses(records),
         "failed": sum(r[3] == FAILED for r in records),
         "no_connection": len(records) - sent,
         "p50_ms": percentile(ok, 50),
@@ -184,6 +186,13 @@ def summarize(records: list[Record], seconds: float) -> dict[str, Any]:
         "send_lag_p50_ms": percentile(lags, 50),
         "send_lag_p99_ms": percentile(lags, 99),
     }
+
+
+def other_statuses(records: list[Record]) -> dict[str, int]:
+    """How many answers of each status other than 202 and 503 (a 500 breaks the contract:
+    the report must say which codes they were)."""
+    counts = Counter(r[3] for r in records if r[3] not in (202, 503, FAILED, NO_CONNECTION))
+    return {str(status): counts[status] for status in sorted(counts)}
 
 
 def recovered_after(

@@ -232,6 +232,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _statuses(counts: dict[str, int] | None) -> str:
+    return ", ".join(f"{n} x {status}" for status, n in counts.items()) if counts else "none"
+
+
 def overload_markdown(entry: dict[str, Any] | None) -> list[str]:
     """The overload run's phases, answers and every stack process's RSS before/after."""
     if not entry or not entry.get("runs"):
@@ -245,7 +249,8 @@ def overload_markdown(entry: dict[str, Any] | None) -> list[str]:
         )
     lines += [
         "",
-        f"503 answers with Retry-After: {run['retry_after_503']}; normal p99 "
+        f"503 answers with Retry-After: {run['retry_after_503']}; other statuses "
+        f"{_statuses(run['overload'].get('other_statuses'))}; normal p99 "
         f"{_cell(run['normal_p99_ms'])} ms; latency back to <= 2 x normal "
         f"{_cell(run['recovered_s'])} s after the load dropped; accepted = Redis = Valkey: "
         f"{_cell(run['zero_loss'])}.",

@@ -53,6 +53,14 @@ def test_summarize_separates_accepted_and_refused() -> None:
     assert s["accepted_per_s"] == 10.0 and s["sent_per_s"] == 20.0
     assert s["p99_ms"] == 89.0 and s["p99_503_ms"] == 5.0
     assert s["send_lag_p99_ms"] == 2.0
+    assert s["other_status"] == 0 and s["other_statuses"] == {}
+
+
+def test_summarize_names_every_other_status() -> None:
+    """A 500 or 504 under overload must be named, not only counted."""
+    records = [*_records(), (1.0, 1.0, 9.0, 500), (1.1, 1.0, 9.0, 500), (1.2, 1.0, 9.0, 504)]
+    s = openloop.summarize(records, 10.0)
+    assert s["other_status"] == 3 and s["other_statuses"] == {"500": 2, "504": 1}
 
 
 def test_recovered_after_the_first_window_from_which_all_are_normal() -> None:
