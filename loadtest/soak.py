@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,6 +186,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "refused_503": sum(b["refused_503"] for b in buckets),
         "retry_after_503": sum(out["retry_after"] for out in outs),
         "other_status": sum(b["other_status"] for b in buckets),
+        "other_statuses": dict(sum((Counter(b["other_statuses"]) for b in buckets), Counter())),
         "failed": sum(b["failed"] for b in buckets),
         "loadgen_cpu_s": round(sum(out["cpu_s"] for out in outs), 1),
         "dashboard_events": sse[0], "dashboard_reconnect_errors": sse[1],
