@@ -1,8 +1,7 @@
 """Every scenario of the benchmark, in the order they run: one entry each. A scenario
 names its driver and settings (``plan``), what stands behind it (``kind``: our pipeline,
 counted in both stores; a ceiling, no counts; the Benthos anchor, verified in its
-brokers), the Serve config variant it needs, if any, and whether it runs only on request
-(``optional``: not in the default set)."""
+brokers) and the Serve config variant it needs, if any. ``make bench`` runs them all."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ class Scenario:
     kind: Kind = "pipeline"
     variant: Callable[[Config, argparse.Namespace], Config] | None = None
     autoscaling: bool = False  # sample replicas during the runs, then cool down
-    optional: bool = False
 
 
 def median_of(results: Results, name: str, key: str) -> Any:
@@ -151,8 +149,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         variant=lambda base, a: replica_variant(base, None, a.autoscale),
         autoscaling=True,
     ),
-    Scenario("overload", _overload, optional=True),
+    Scenario("overload", _overload),
 )
 
 ALL_SCENARIOS = tuple(s.name for s in SCENARIOS)
-DEFAULT_SCENARIOS = tuple(s.name for s in SCENARIOS if not s.optional)
