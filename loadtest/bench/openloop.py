@@ -168,6 +168,7 @@ def summarize(records: list[Record], seconds: float) -> dict[str, Any]:
     refused = sorted(r[2] for r in records if r[3] == 503)
     lags = sorted(r[1] for r in records if r[3] != NO_CONNECTION)
     sent = sum(r[3] != NO_CONNECTION for r in records)
+    others = other_statuses(records)
     return {
         "scheduled": len(records),
         "sent": sent,
@@ -176,8 +177,8 @@ def summarize(records: list[Record], seconds: float) -> dict[str, Any]:
         "accepted_per_s": round(len(ok) / seconds, 1) if seconds else None,
         "refused_503": len(refused),
         "share_503": round(len(refused) / sent, 4) if sent else None,
-        "other_status": sum(r[3] not in (202, 503, FAILED, NO_CONNECTION) for r in records),
-        "other_statuses": other_statuses(records),
+        "other_status": sum(others.values()),
+        "other_statuses": others,
         "failed": sum(r[3] == FAILED for r in records),
         "no_connection": len(records) - sent,
         "p50_ms": percentile(ok, 50),
