@@ -6,10 +6,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from devstack.config import LOCALHOST, app_settings, stack_config
+from devstack.config import LOCALHOST, REPO, app_settings, stack_config
 from devstack.servers.base import Server, StackError, run_async
 
 settings = app_settings()
+SHARED_CONF = REPO / "k8s" / "infra" / "rabbitmq" / "10-memory.conf"
+"""RabbitMQ settings the local stack shares with Kubernetes (one file, both read it)."""
 
 
 # --------------------------------------------------------------------------- RabbitMQ
@@ -105,28 +107,7 @@ class RabbitMQ(Server):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "rabbitmq-env.conf").write_text("# devstack: configuration is in the environment\n")
         (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        (d / "rabbitmq.conf").write_text(
-            "\n".join(
-                [
-                    f"listeners.tcp.1 = {settings.rabbitmq_host}:{settings.rabbitmq_port}",
-                    f"default_user = {settings.rabbitmq_user}",
-                    f"default_pass = {settings.rabbitmq_password}",
-                    f"default_vhost = {settings.rabbitmq_vhost}",
-                    # may log in to the management UI; not an administrator
-                    "default_user_tags.management = true",
-                    "default_permissions.configure = .*",
-                    "default_permissions.read = .*",
-                    "default_permissions.write = .*",
-                    "loopback_users = none",
-                    f"management.tcp.ip = {LOCALHOST}",
-                    f"management.tcp.port = {stack_config.rabbitmq_management_port}",
-                    "log.console = true",
-                    "log.console.level = info",
-                    "log.file = false",
-                    "",
-                ]
-            )
-        )
+        (d / "rabbitmq.conf").write_text(rabbitmq_conf())
 
     def command(self) -> list[str]:
         return [self.script]
@@ -154,3 +135,31 @@ class RabbitMQ(Server):
             text=True,
             timeout=60,
         )
+
+
+def rabbitmq_conf() -> str:
+    """The local node's rabbitmq.conf: loopback listeners, the app's user, and the settings
+    shared with Kubernetes."""
+    return (
+        "\n".join(
+            [
+                f"listeners.tcp.1 = {settings.rabbitmq_host}:{settings.rabbitmq_port}",
+                f"default_user = {settings.rabbitmq_user}",
+                f"default_pass = {settings.rabbitmq_password}",
+                f"default_vhost = {settings.rabbitmq_vhost}",
+                # may log in to the management UI; not an administrator
+                "default_user_tags.management = true",
+                "default_permissions.configure = .*",
+                "default_permissions.read = .*",
+                "default_permissions.write = .*",
+                "loopback_users = none",
+                f"management.tcp.ip = {LOCALHOST}",
+                f"management.tcp.port = {stack_config.rabbitmq_management_port}",
+                "log.console = true",
+                "log.console.level = info",
+                "log.file = false",
+                "",
+            ]
+        )
+        + SHARED_CONF.read_text()
+    )

@@ -178,8 +178,12 @@ class Ray(Server):
 
     def ray_pids(self) -> list[int]:
         """Every Ray process this stack started (GCS, raylets, dashboard and agents, workers),
-        found by the stack's marker in their environment, never by name alone."""
-        return [p for p in psutil.pids() if procs.belongs_to_stack(p) and _is_ray(p)]
+        found by the stack's marker in their environment, never by name alone. The raylet's
+        agents (DashboardAgent, RuntimeEnvAgent) blank their environment when they set their
+        title, so they count as ours as Ray children of a process that carries the marker."""
+        marked = [p for p in psutil.pids() if procs.belongs_to_stack(p) and _is_ray(p)]
+        children = {child for p in marked for child in _children(p) if _is_ray(child)}
+        return sorted({*marked, *children})
 
     def start(self) -> None:
         self.launch()
@@ -221,6 +225,14 @@ class Ray(Server):
 
 def _runs_config(argv: list[str], cfg: str) -> bool:
     return "-f" in argv and cfg in argv
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (none once it has gone)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _is_ray(pid: int) -> bool:

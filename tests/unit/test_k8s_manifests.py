@@ -709,6 +709,7 @@ def test_rabbitmq_imports_the_definitions_at_every_boot(infra):
         m["name"] for m in init["volumeMounts"] if m["mountPath"] == str(Path(path).parent)
     }
     assert mounts["/etc/rabbitmq/conf.d/20-weather.conf"]["subPath"] == "20-weather.conf"
+    assert mounts["/etc/rabbitmq/conf.d/10-memory.conf"]["subPath"] == "10-memory.conf"
     volumes = {v["name"]: v for v in deployment["volumes"]}
     assert volumes[mounts[str(Path(path).parent)]["name"]]["emptyDir"]["medium"] == "Memory"
 
@@ -819,3 +820,13 @@ def test_documents_the_manifests_point_at_exist():
     for path in [*ROOT.glob("k8s/**/*.y*ml"), *KUBERAY.glob("*.y*ml"), ROOT / "Dockerfile"]:
         for ref in re.findall(r"[\w./-]+\.md\b", path.read_text(encoding="utf-8")):
             assert (ROOT / ref).exists(), f"{path.relative_to(ROOT)} points at missing {ref}"
+
+
+def test_rabbitmq_memory_tuning_is_the_same_file_locally_and_in_kubernetes(infra):
+    """The local stack appends the very file the ConfigMap carries to its rabbitmq.conf."""
+    from devstack.servers.rabbitmq import SHARED_CONF, rabbitmq_conf
+
+    shipped = _config_maps(infra)["rabbitmq-config"]["10-memory.conf"]
+    assert shipped == SHARED_CONF.read_text()
+    assert rabbitmq_conf().endswith("\n" + shipped)
+    assert re.search(r"^raft\.wal_max_size_bytes\s*=\s*\d+$", shipped, re.M)

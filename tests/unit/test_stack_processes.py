@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from devstack import procs
@@ -42,6 +43,25 @@ def _spawn_module(root: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+def _spawn_parent_of_unmarked_agent() -> subprocess.Popen[bytes]:
+    """A marked Ray process whose child carries no marker, as the raylet's agents do once
+    they have overwritten their environment with their title."""
+    agent = "env -u DEVSTACK_DIR bash -c 'exec -a ray::DashboardAgent sleep 30'"
+    process = subprocess.Popen(
+        ["bash", "-c", f'exec -a "ray::raylet" bash -c "{agent} & wait"'], env=_env(marked=True)
+    )
+    poll(lambda: bool(_agents_of(process.pid)), timeout=10, every=0.01)
+    return process
+
+
+def _agents_of(pid: int) -> list[int]:
+    return [
+        child.pid
+        for child in psutil.Process(pid).children(recursive=True)
+        if procs.cmdline(child.pid)[:1] == ["ray::DashboardAgent"]
+    ]
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
     started = {
@@ -49,11 +69,14 @@ def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
         "our_worker": _spawn("ray::IDLE", marked=True),
         "foreign_worker": _spawn("ray::IDLE", marked=False),  # Ray in a pod, another checkout
         "our_other_server": _spawn("redis-server", marked=True),
+        "our_raylet": _spawn_parent_of_unmarked_agent(),
     }
     try:
         yield {name: p.pid for name, p in started.items()}
     finally:
         for p in started.values():
+            for child in psutil.Process(p.pid).children(recursive=True):
+                child.kill()
             p.kill()
             p.wait(timeout=10)
 
@@ -68,3 +91,10 @@ def test_only_marked_ray_processes_are_the_stacks(processes: dict[str, int]) -> 
     assert processes["our_client_server"] in chosen
     assert processes["foreign_worker"] not in chosen
     assert processes["our_other_server"] not in chosen
+
+
+def test_the_raylets_agents_are_the_stacks_without_the_marker(processes: dict[str, int]) -> None:
+    (agent,) = _agents_of(processes["our_raylet"])
+    assert not procs.belongs_to_stack(agent)
+    chosen = set(Ray().ray_pids())
+    assert {processes["our_raylet"], agent} <= chosen
