@@ -389,3 +389,28 @@ async def test_a_slow_serve_status_is_never_called_twice_at_once(
     release.set()
     assert await pending == {}
     assert len(calls) == 1
+
+
+async def test_replica_counts_are_read_again_only_when_older_than_their_max_age(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray.serve.schema import ServeStatus
+
+    from serve_app.dashboard import deployment as dashboard_deployment
+
+    calls: list[int] = []
+
+    def status() -> ServeStatus:
+        calls.append(1)
+        return ServeStatus()
+
+    now = [100.0]
+    monkeypatch.setattr(dashboard_deployment.serve, "status", status)
+    counts = dashboard_deployment.ServeReplicaCounts(max_age_s=5.0, clock=lambda: now[0])
+    assert await counts() == {}
+    now[0] += 4.9
+    await counts()
+    assert len(calls) == 1
+    now[0] += 0.1
+    await counts()
+    assert len(calls) == 2
