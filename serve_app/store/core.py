@@ -8,7 +8,8 @@ No client in here: :mod:`serve_app.store.client` writes and reads through these 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from serve_app.model.schema import Tweet
 
@@ -125,3 +126,37 @@ class RecordResult:
     @property
     def conflicts(self) -> int:
         return len(self.refused) + len(self.displaced)
+
+
+MAX_TWEETS_PER_SCRIPT = 1000
+"""The most tweets one store script counts. A consumer's batch (100 messages of up to 1,000
+tweets each) is written as several scripts, because a store runs a script alone: one of
+100,000 tweets held Valkey for over 5 s, refusing every read meanwhile (``BUSY``)."""
+
+
+def merge_results(
+    parts: Sequence[tuple[int, RecordResult]], tweets: Sequence[CountedTweet]
+) -> RecordResult:
+    """One batch's result from its scripts' results (``(first index, result)``, in order),
+    as if it had been one script: the same counts and losers, indexes into the whole batch.
+    A loser displaced by a later part whose content an earlier part carried is reported
+    ``refused`` at that index, so it is dead-lettered as it came (with its description),
+    as one script does for a loser it counted itself."""
+    earlier: dict[tuple[str, str], int] = {}  # (id, fingerprint) -> first index, as needed
+    new = duplicates = known = 0
+    refused: list[int] = []
+    displaced: list[Displaced] = []
+    for start, part in parts:
+        new += part.new
+        duplicates += part.duplicates
+        refused.extend(start + i for i in part.refused)
+        for old in part.displaced:
+            for index in range(known, start):
+                earlier.setdefault((tweets[index].id, tweets[index].fingerprint), index)
+            known = max(known, start)
+            counted_here = earlier.get((old.id, old.fingerprint))
+            if counted_here is None:
+                displaced.append(replace(old, by=start + old.by))
+            else:
+                refused.append(counted_here)
+    return RecordResult(new, duplicates, tuple(refused), tuple(displaced))

@@ -11,7 +11,7 @@ import pytest
 from devstack.config import app_settings
 from serve_app.model.schema import Tweet
 from serve_app.store.client import both_stores
-from serve_app.store.core import KEYS, CountedTweet
+from serve_app.store.core import KEYS, MAX_TWEETS_PER_SCRIPT, CountedTweet
 
 settings = app_settings()
 
@@ -87,6 +87,51 @@ async def test_both_contents_in_one_batch_keep_the_winner(name) -> None:
     assert (result.new, result.refused, result.displaced) == (1, (0,), ())
     again = await store.record_batch([winner, loser])
     assert (again.duplicates, again.refused) == (1, (1,))
+
+
+@pytest.mark.parametrize("size", [149, MAX_TWEETS_PER_SCRIPT + 149])
+@pytest.mark.parametrize("name", ["redis", "valkey"])
+async def test_a_large_batch_counts_every_field_and_keeps_the_newest_in_order(name, size) -> None:
+    """Counters summed per field within a batch, a displacement moving one count back out
+    (across two scripts in the larger batch), and the latest list holding the batch's newest
+    bodies, newest first."""
+    store = both_stores(settings)[name]
+    tag = uuid.uuid4().hex
+    countries = ["AQ", "BV", "TF"]
+    tweets = [counted(f"store-{tag}-{i}", f"t{i}", countries[i % 3]) for i in range(size)]
+    winner, loser = ordered(f"store-{tag}-moved")
+    before = await store.read_stats()
+    result = await store.record_batch([*tweets[:70], loser, *tweets[70:], winner])
+    assert (result.new, result.refused) == (size + 1, (70,))
+    after = await store.read_stats(latest=settings.latest_tweets_length)
+    assert after["total"] - before["total"] == size + 1
+    expected = {c: sum(t.country == c for t in tweets) for c in countries}
+    expected[winner.country] += 1
+    for country, count in expected.items():
+        assert after["by_country"].get(country, 0) - before["by_country"].get(country, 0) == count
+    weathers = after["by_weather"].get("Soleado", 0) - before["by_weather"].get("Soleado", 0)
+    assert weathers == size + 1
+    newest = [winner, *reversed(tweets[70:]), loser, *reversed(tweets[:70])]
+    # other writers (the stack's consumers) may have pushed tweets since: ours, in order
+    kept = [t["id"] for t in after["latest"] if t["id"].startswith(f"store-{tag}-")]
+    assert kept and kept == [t.id for t in newest[: len(kept)]]
+
+
+@pytest.mark.parametrize("name", ["redis", "valkey"])
+async def test_any_text_reaches_the_store_as_it_was(name) -> None:
+    """Ids and descriptions with quotes, backslashes, control and non-ASCII characters
+    survive the JSON the script decodes."""
+    store = both_stores(settings)[name]
+    tag = uuid.uuid4().hex
+    texts = ['comillas " y \\ barra', "Está lloviendo 🌧️ en Xelajú", "tab\tnul\u0000", "[1,2]"]
+    tweets = [counted(f'store-{tag}-"{i}"\\', text) for i, text in enumerate(texts)]
+    result = await store.record_batch(tweets)
+    assert result.new == len(tweets)
+    latest = (await store.read_stats(latest=settings.latest_tweets_length))["latest"]
+    ours = [(t["id"], t["description"]) for t in latest if t["id"].startswith(f"store-{tag}-")]
+    assert list(reversed(ours)) == [(t.id, text) for t, text in zip(tweets, texts, strict=True)]
+    again = await store.record_batch(tweets)
+    assert (again.new, again.duplicates) == (0, len(tweets))
 
 
 @pytest.mark.parametrize("name", ["redis", "valkey"])

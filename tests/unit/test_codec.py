@@ -79,3 +79,39 @@ def test_unreadable_messages_are_poison_whole(body: bytes) -> None:
     decoded = decode_message(body)
     assert decoded.tweets == []
     assert [p.body for p in decoded.poison] == [body]
+
+
+def _chunk(**changes: object) -> bytes:
+    document = {"v": 2, "tweets": [json.loads(tweet(i).to_json()) for i in range(3)]}
+    return json.dumps({**document, **changes}, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _chunk(),
+        _chunk(extra="ignored"),
+        _chunk(v=True),
+        _chunk(v=2.0),
+        _chunk(v="2"),
+        _chunk(tweets=[]),
+        _chunk(tweets=[{"description": "x", "country": "GT", "weather": "Lluvioso"}]),
+        _chunk().replace(b'"v": 2', b'"v": 2, "v": 3'),  # duplicate keys: the last wins
+        tweet(9).to_json(),
+        "Está lloviendo".encode(),
+    ],
+)
+def test_the_fast_path_decodes_exactly_as_the_careful_one(body: bytes) -> None:
+    from serve_app.model.codec import decode_carefully
+
+    fast, careful = decode_message(body), decode_carefully(body)
+    assert fast.tweets == careful.tweets
+    assert [(p.body, p.reason, p.id) for p in fast.poison] == [
+        (p.body, p.reason, p.id) for p in careful.poison
+    ]
+
+
+def test_a_well_formed_chunk_takes_the_fast_path() -> None:
+    from serve_app.model import codec
+
+    assert codec._CHUNK.validate_json(_chunk()).tweets == [tweet(i) for i in range(3)]

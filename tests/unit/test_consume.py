@@ -365,3 +365,37 @@ def test_the_code_version_follows_the_files(tmp_path: Path) -> None:
     assert code_version(tmp_path) == before
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_version(tmp_path) != before
+
+
+@pytest.mark.parametrize("part_size", [1, 2, 3, 7])
+async def test_a_batch_written_in_parts_has_the_result_of_one_script(part_size: int) -> None:
+    """The store writes a large batch as several scripts (MAX_TWEETS_PER_SCRIPT);
+    merge_results must report what one script would: the same counts, the same losers
+    (a loser whose content came with the batch may be reported as it came)."""
+    from serve_app.store.core import merge_results
+
+    def contents(i: int) -> list[CountedTweet]:
+        # ids 0..4 reused: same content (duplicates) and other content (conflicts)
+        text = ["lluvia", "sol", "granizo"][i % 3]
+        return [CountedTweet.of(tweet(i % 5, text, ["GT", "HN"][i % 2]))]
+
+    earlier = [t for i in range(3) for t in contents(i * 7)]
+    batch = [t for i in range(20) for t in contents(i)]
+    whole, parted = FakeStore(), FakeStore()
+    for store in (whole, parted):
+        await store.record_batch(earlier)
+    expected = await whole.record_batch(batch)
+    parts = [
+        (start, await parted.record_batch(batch[start : start + part_size]))
+        for start in range(0, len(batch), part_size)
+    ]
+    merged = merge_results(parts, batch)
+
+    def losers(result: RecordResult) -> list[tuple[str, str]]:
+        refused = [(batch[i].id, batch[i].fingerprint) for i in result.refused]
+        return sorted(refused + [(d.id, d.fingerprint) for d in result.displaced])
+
+    assert (merged.new, merged.duplicates) == (expected.new, expected.duplicates)
+    assert merged.conflicts == expected.conflicts and losers(merged) == losers(expected)
+    assert all(batch[d.by].id == d.id for d in merged.displaced)  # indexes into the batch
+    assert parted.counts == whole.counts and parted.seen == whole.seen
