@@ -47,7 +47,7 @@ class ServeReplicaCounts:
 
     async def __call__(self) -> dict[str, dict[str, int]]:
         stale = self._clock() - self._asked_at >= self._max_age_s
-        if self._pending is None or (self._pending.done() and stale):
+        if stale and (self._pending is None or self._pending.done()):
             self._asked_at = self._clock()
             self._pending = asyncio.ensure_future(asyncio.to_thread(serve.status))
         return running_replicas(await asyncio.shield(self._pending))
