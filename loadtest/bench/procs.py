@@ -25,11 +25,13 @@ RABBITMQ_PARTS = ("beam.smp", "epmd", "erl_child_setup", "inet_gethost", "rabbit
 
 def label(cmdline: list[str], name: str) -> str:
     """A stable, readable name for one process (the same across runs, not its pid):
-    a Ray actor by its title, a server by what it is, Ray's own Python helpers as
-    ``ray:<script>``."""
+    a Ray actor by its title without the method it is running (Ray retitles an actor
+    ``ray::<Actor>.<method>`` during a call), a server by what it is, Ray's own Python
+    helpers as ``ray:<script>``."""
     first = cmdline[0] if cmdline else name
     if first.startswith("ray::"):
-        return first.removeprefix("ray::").removeprefix("ServeReplica:")
+        actor = first.removeprefix("ray::").removeprefix("ServeReplica:")
+        return actor.split(".", 1)[0].split(" ", 1)[0]
     base = Path(first.split(" ", 1)[0]).name  # redis-server rewrites its title to one string
     if "valkey" in first:
         return "valkey"
@@ -65,18 +67,18 @@ def stack_processes() -> dict[int, psutil.Process]:
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU seconds per process (pid -> label, seconds) and RSS bytes per label at one
-    moment. CPU is kept per pid because a label's processes come and go (a replica the
-    autoscaler adds or stops): summed per label, a stopped replica would read as negative
-    CPU."""
+    """CPU seconds per process (pid -> label, seconds, start time) and RSS bytes per label
+    at one moment. CPU is kept per process because a label's processes come and go (a
+    replica the autoscaler adds or stops): summed per label, a stopped replica would read
+    as negative CPU."""
 
-    cpu: dict[int, tuple[str, float]]
+    cpu: dict[int, tuple[str, float, float]]
     rss: dict[str, int]
 
 
 def sample(procs: dict[int, psutil.Process]) -> Usage:
     """CPU and RSS of ``procs`` (a process gone meanwhile is skipped)."""
-    cpu: dict[int, tuple[str, float]] = {}
+    cpu: dict[int, tuple[str, float, float]] = {}
     rss: dict[str, int] = {}
     for pid, proc in procs.items():
         try:
@@ -86,19 +88,20 @@ def sample(procs: dict[int, psutil.Process]) -> Usage:
                 memory = proc.memory_info().rss
         except psutil.Error:
             continue
-        cpu[pid] = (name, times.user + times.system)
+        cpu[pid] = (name, times.user + times.system, proc.create_time())
         rss[name] = rss.get(name, 0) + memory
     return Usage(cpu, rss)
 
 
 def cpu_between(start: Usage, end: Usage) -> dict[str, float]:
     """CPU seconds each label used between two samples: per process alive at ``end``, its
-    time since ``start`` (all of it if it started meanwhile). A process that ended
-    meanwhile adds nothing: what it used after ``start`` is not known."""
+    time since ``start`` (all of it if it started meanwhile: a pid of ``start`` with
+    another start time is a new process). A process that ended meanwhile adds nothing:
+    what it used after ``start`` is not known."""
     used: dict[str, float] = {}
-    for pid, (name, seconds) in end.cpu.items():
+    for pid, (name, seconds, started) in end.cpu.items():
         before = start.cpu.get(pid)
-        since = seconds - before[1] if before and before[0] == name else seconds
+        since = seconds - before[1] if before and before[2] == started else seconds
         used[name] = used.get(name, 0.0) + since
     return {name: round(seconds, 3) for name, seconds in used.items()}
 

@@ -67,8 +67,10 @@ def accept(
     tweets: Sequence[TweetIn], prefix: str | None = None, now: datetime | None = None
 ) -> list[Tweet]:
     """Give every tweet an id (the client's, else ``<prefix>-<index>``) and the acceptance
-    time. The tweets are already validated, so they are built without validating again."""
-    prefix = prefix or request_id_prefix()
+    time. The tweets are already validated, so they are built without validating again.
+    A prefix is drawn only when some tweet has no id (a uuid is a system call)."""
+    if prefix is None and any(t.id is None for t in tweets):
+        prefix = request_id_prefix()
     accepted_at = now or datetime.now(UTC)
     return [
         Tweet.model_construct(

@@ -119,6 +119,7 @@ def test_cpu_per_tweet() -> None:
     [
         (["ray::ServeReplica:ingest:Gateway"], "ray::ServeRepli", "ingest:Gateway"),
         (["ray::KafkaConsumer"], "ray::KafkaConsu", "KafkaConsumer"),
+        (["ray::ServeController.listen_for_change"], "ray::ServeContr", "ServeController"),
         (["/usr/bin/java", "-cp", "x", "kafka.Kafka"], "java", "kafka"),
         (["/usr/lib/erlang/erts/bin/beam.smp", "-W"], "beam.smp", "rabbitmq"),
         (["/usr/bin/epmd", "-address"], "epmd", "rabbitmq"),
@@ -136,18 +137,26 @@ def test_process_labels(cmdline: list[str], name: str, expected: str) -> None:
 
 
 def test_cpu_between_and_rss() -> None:
-    a = procs.Usage({1: ("x", 1.0), 2: ("gone", 3.0)}, {"x": 2**20})
-    b = procs.Usage({1: ("x", 1.5), 3: ("new", 9.0)}, {"x": 3 * 2**20})
+    a = procs.Usage({1: ("x", 1.0, 100.0), 2: ("gone", 3.0, 100.0)}, {"x": 2**20})
+    b = procs.Usage({1: ("x", 1.5, 100.0), 3: ("new", 9.0, 105.0)}, {"x": 3 * 2**20})
     assert procs.cpu_between(a, b) == {"x": 0.5, "new": 9.0}
     assert procs.rss_mib(b) == {"x": 3.0}
 
 
 def test_cpu_between_counts_per_process_when_a_replica_stops() -> None:
     """Two replicas under one label, one stops: the survivor's time, never a negative sum;
-    a reused pid under another label counts as a new process."""
-    a = procs.Usage({1: ("gw", 10.0), 2: ("gw", 50.0), 4: ("old", 7.0)}, {})
-    b = procs.Usage({1: ("gw", 12.0), 4: ("new", 0.5)}, {})
+    a reused pid (another start time) counts as a new process."""
+    a = procs.Usage({1: ("gw", 10.0, 1.0), 2: ("gw", 50.0, 1.0), 4: ("old", 7.0, 1.0)}, {})
+    b = procs.Usage({1: ("gw", 12.0, 1.0), 4: ("new", 0.5, 9.0)}, {})
     assert procs.cpu_between(a, b) == {"gw": 2.0, "new": 0.5}
+
+
+def test_cpu_between_follows_a_process_whose_label_changed() -> None:
+    """A process whose title changed between the samples (it was seen under another label)
+    is still the same process: its time since the first sample, not all its life's."""
+    a = procs.Usage({7: ("ray:old-title", 30.0, 1.0)}, {})
+    b = procs.Usage({7: ("ServeController", 30.4, 1.0)}, {})
+    assert procs.cpu_between(a, b) == {"ServeController": 0.4}
 
 
 # --- targets ----------------------------------------------------------------------------
