@@ -40,6 +40,7 @@ from serve_app.model.schema import (
     TweetIn,
     TweetRules,
     TweetValidationError,
+    accepted_tweets,
     validate_tweets,
 )
 
@@ -67,21 +68,12 @@ def accept(
     tweets: Sequence[TweetIn], prefix: str | None = None, now: datetime | None = None
 ) -> list[Tweet]:
     """Give every tweet an id (the client's, else ``<prefix>-<index>``) and the acceptance
-    time. The tweets are already validated, so they are built without validating again.
-    A prefix is drawn only when some tweet has no id (a uuid is a system call)."""
+    time (:func:`~serve_app.model.schema.accepted_tweets`). A prefix is drawn only when some
+    tweet has no id (a uuid is a system call)."""
     if prefix is None and any(t.id is None for t in tweets):
         prefix = request_id_prefix()
-    accepted_at = now or datetime.now(UTC)
-    return [
-        Tweet.model_construct(
-            id=t.id or f"{prefix}-{i}",
-            description=t.description,
-            country=t.country,
-            weather=t.weather,
-            accepted_at=accepted_at,
-        )
-        for i, t in enumerate(tweets)
-    ]
+    ids = [t.id or f"{prefix}-{i}" for i, t in enumerate(tweets)]
+    return accepted_tweets(tweets, ids, now or datetime.now(UTC))
 
 
 def id_conflicts(tweets: Sequence[TweetIn]) -> list[dict[str, Any]]:

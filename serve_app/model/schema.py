@@ -19,6 +19,7 @@ already in a broker into poison).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -106,11 +107,22 @@ class Tweet(TweetIn):
     accepted_at: datetime
 
     def to_json(self) -> bytes:
-        """The broker payload; UTF-8 JSON with the description byte-exact."""
-        return self.model_dump_json().encode()
+        """The broker payload; UTF-8 JSON with the description byte-exact (pydantic-core's
+        serializer itself: ``model_dump_json`` makes a str of the same bytes, at twice the cost)."""
+        return self.__pydantic_serializer__.to_json(self)
 
 
 _TWEET_LIST = TypeAdapter(list[TweetIn])
+_ACCEPTED_LIST = TypeAdapter(list[Tweet])
+
+
+def accepted_tweets(tweets: Sequence[TweetIn], ids: Sequence[str], at: datetime) -> list[Tweet]:
+    """Validated tweets with their ids and acceptance time, as :class:`Tweet` objects.
+    Built by pydantic-core from the fields that already passed (the same rules pass again),
+    which is twice as fast as ``model_construct`` field by field in Python."""
+    return _ACCEPTED_LIST.validate_python(
+        [{**t.__dict__, "id": id_, "accepted_at": at} for t, id_ in zip(tweets, ids, strict=True)]
+    )
 
 
 class TweetValidationError(PipelineError, ValueError):

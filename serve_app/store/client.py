@@ -161,9 +161,9 @@ class TweetStore:
 
     async def _record_part(self, tweets: Sequence[CountedTweet]) -> RecordResult:
         # the tweets as one JSON argument (the script decodes it with cjson): redis-py packs
-        # each argument in Python, which for five per tweet was most of a consumer's time
-        rows = [(t.id, t.fingerprint, t.country, t.weather, t.body) for t in tweets]
-        packed = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        # each argument in Python, which for five per tweet was most of a consumer's time;
+        # a CountedTweet is a tuple, i.e. one [id, fingerprint, country, weather, body] row
+        packed = json.dumps(list(tweets), ensure_ascii=False, separators=(",", ":"))
         args = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix, packed]
         keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,
                 KEYS.latest, KEYS.conflicts]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from serve_app.model.schema import Tweet
 
@@ -58,10 +59,10 @@ def fingerprint(description: str, country: str, weather: str) -> str:
     return hashlib.blake2b(content, digest_size=8).hexdigest()
 
 
-@dataclass(frozen=True)
-class CountedTweet:
+class CountedTweet(NamedTuple):
     """What the store needs of a tweet: id, content fingerprint, the two dimensions, and its
-    JSON for 'latest'."""
+    JSON for 'latest'. A tuple, because it is also the row the store script takes (one
+    JSON array per tweet): a consumer builds one per tweet it counts."""
 
     id: str
     fingerprint: str
@@ -72,11 +73,11 @@ class CountedTweet:
     @classmethod
     def of(cls, tweet: Tweet) -> CountedTweet:
         return cls(
-            id=tweet.id,
-            fingerprint=fingerprint(tweet.description, tweet.country, tweet.weather),
-            country=tweet.country,
-            weather=tweet.weather,
-            body=tweet.model_dump_json(),
+            tweet.id,
+            fingerprint(tweet.description, tweet.country, tweet.weather),
+            tweet.country,
+            tweet.weather,
+            tweet.to_json().decode(),
         )
 
 

@@ -53,6 +53,16 @@ def test_idempotency_key_names_a_single_tweet(api) -> None:
         (b"\xef\xbb\xbf" + json.dumps(SEED).encode(), JSON, 400, "byte order mark"),
         (b"[" * 30_000 + b"]" * 30_000, JSON, 400, "nested deeper than 8"),
         (b"[[[[[[[[[[1]]]]]]]]]]", JSON, 400, "nested deeper than 8"),
+        # too deep inside what looks like tweets: still malformed JSON, not an invalid tweet
+        (json.dumps({**SEED, "description": [[[[[[[["x"]]]]]]]]}).encode(), JSON, 400, "deeper"),
+        (
+            json.dumps([SEED, {**SEED, "weather": {"a": [[[[[[[1]]]]]]]}}]).encode(),
+            JSON,
+            400,
+            "deeper",
+        ),
+        (json.dumps([[[[[[[[[SEED]]]]]]]]] * 2).encode(), JSON, 400, "deeper"),
+        (json.dumps({**SEED, "description": [["x"]]}).encode(), JSON, 422, "invalid tweet"),
         (b'{"country": "GT", "country": "SV"}', JSON, 400, "duplicate key 'country'"),
         (b'{"description": NaN}', JSON, 400, "NaN is not JSON"),
         (json.dumps(SEED).encode(), {"content-type": "text/plain"}, 415, "application/json"),
