@@ -329,6 +329,42 @@ class Source(Protocol[Origin]):
         ...
 
 
+class Prefetch(Generic[Origin]):
+    """The next batch fetched while the current one is written: the store's scripts and
+    the broker's fetch (Kafka's round trip, RabbitMQ's batch window) overlap instead of
+    taking turns. At most one batch ahead, and never two reads of the source at once:
+    :meth:`settle` lets a fetch in flight finish before ``hold()`` reads the source."""
+
+    def __init__(self, source: Source[Origin]) -> None:
+        self.source = source
+        self._next: asyncio.Future[Sequence[Delivery[Origin]]] | None = None
+
+    def start(self) -> None:
+        """Begin fetching the next batch (if not already)."""
+        if self._next is None:
+            self._next = asyncio.ensure_future(self.source.fetch())
+
+    async def take(self) -> Sequence[Delivery[Origin]]:
+        """The next batch: the one fetched ahead, else fetched now."""
+        self.start()
+        assert self._next is not None
+        task, self._next = self._next, None
+        return await task
+
+    async def settle(self) -> None:
+        """Wait for a fetch in flight (its batch is kept for :meth:`take`)."""
+        if self._next is not None:
+            await asyncio.wait([self._next])
+
+    async def close(self) -> None:
+        """Drop a fetch in flight (what it read is redelivered: never settled)."""
+        task, self._next = self._next, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 ErrorReport = Callable[[BaseException, str], None]
 OpenSource = Callable[[ErrorReport], AbstractAsyncContextManager[Source[Any]]]
 
@@ -437,9 +473,11 @@ class ConsumerLoop:
 
     async def _session(self, backoff: Backoff) -> None:
         async with self.open_source(self.error) as source:
+            prefetch = Prefetch(source)
 
             async def on_retry(exc: BaseException, what: str) -> None:
                 await self._retrying(exc, what)
+                await prefetch.settle()
                 await source.hold()
 
             core = ConsumerCore(self.store, source.dead_letters, on_retry, backoff)
@@ -448,13 +486,15 @@ class ConsumerLoop:
             parked = asyncio.get_running_loop().create_task(self._publish_parked(core))
             try:
                 while not self._stopping:
-                    batch = await source.fetch()
+                    batch = await prefetch.take()
                     await self._skipped(core, source.take_skipped())
                     if batch:
+                        prefetch.start()
                         outcome = await core.handle(batch)
                         self._done(outcome, acknowledged=await source.settle(batch))
             finally:
                 self.connected = False
+                await prefetch.close()
                 parked.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await parked

@@ -327,6 +327,67 @@ async def test_parked_letters_are_published_in_the_background_and_shown() -> Non
     assert [e.body for e in source.dead_letters.sent] == [b"old"]
 
 
+class SlowSource(FakeSource):
+    """Fetches take a while and are recorded: how many started, whether ``hold`` ever
+    read the source while a fetch was in flight."""
+
+    def __init__(self, batches: list[list[Delivery[str]]]) -> None:
+        super().__init__(batches, [])
+        self.fetches = 0
+        self.in_flight = 0
+        self.held_during_fetch: list[bool] = []
+
+    async def fetch(self) -> list[Delivery[str]]:
+        self.fetches += 1
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(0.02)
+            return await super().fetch()
+        finally:
+            self.in_flight -= 1
+
+    async def hold(self) -> None:
+        self.held_during_fetch.append(self.in_flight > 0)
+
+
+async def test_the_next_batch_is_fetched_while_one_is_written() -> None:
+    """The store's write of batch 1 finishes only once the fetch of batch 2 has begun: the
+    loop waits for nothing (no retry), so it fetched ahead; batches settle in order."""
+    source = SlowSource([[chunk([tweet(1)], "m1")], [chunk([tweet(2), tweet(3)], "m2")]])
+
+    class WaitsForTheNextFetch(FakeStore):
+        async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+            for _ in range(100):
+                if source.fetches >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the next batch was not fetched during the write")
+            return await super().record_batch(tweets)
+
+    store = WaitsForTheNextFetch()
+    loop = await run_loop(store, source, lambda lp: lp.batches == 2)
+    assert loop.status()["retries"] == 0 and loop.status()["new_tweets"] == 3
+    assert source.settled == [1, 1]  # one message each, in order
+
+
+async def test_a_retried_write_holds_the_source_only_after_the_fetch_ahead() -> None:
+    """While a write is retried the source is held; a fetch ahead in flight finishes first
+    (never two reads of the source at once) and its batch is handled after the retry."""
+    source = SlowSource([[chunk([tweet(1)], "m1")], [chunk([tweet(2)], "m2")]])
+
+    class FailsAfterARoundTrip(FakeStore):
+        async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+            await asyncio.sleep(0.005)  # the fetch ahead is under way when this fails
+            return await super().record_batch(tweets)
+
+    store = FailsAfterARoundTrip(failures=2)
+    loop = await run_loop(store, source, lambda lp: lp.batches == 2)
+    assert source.held_during_fetch == [False, False]
+    assert loop.status()["retries"] == 2 and loop.status()["new_tweets"] == 2
+    assert source.settled == [1, 1]
+
+
 # --- which consumers run another configuration -------------------------------------------
 
 
