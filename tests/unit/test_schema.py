@@ -9,7 +9,7 @@ import pytest
 
 from serve_app.ingest.core import accept
 from serve_app.model.codec import decode_message
-from serve_app.model.schema import TweetValidationError, validate_tweets
+from serve_app.model.schema import Tweet, TweetRules, TweetValidationError, validate_tweets
 from tests.support.fakes import RULES
 
 SEED = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
@@ -77,3 +77,15 @@ def test_accept_keeps_client_ids_and_numbers_the_rest_under_one_prefix() -> None
     assert mine.accepted_at == now
     fresh = accept(tweets[1:])
     assert fresh[0].id.endswith("-0") and len(fresh[0].id) == 38
+
+
+def test_an_accepted_tweet_keeps_its_weather_whatever_the_rules_are_now() -> None:
+    """Ingest checks the weather against the configured values; a tweet already accepted
+    (read back from a broker) is not checked again, so changing the list never turns
+    messages in a broker into poison."""
+    fewer = TweetRules(("Soleado",))
+    with pytest.raises(TweetValidationError):
+        validate_tweets([SEED], fewer)
+    [tweet] = accept(validate_tweets([SEED], RULES))
+    assert Tweet.model_validate(tweet.model_dump(), context=fewer.context) == tweet
+    assert decode_message(tweet.to_json()).tweets == [tweet]
