@@ -17,6 +17,11 @@ class _RespServer(Server):
     named after the server (``redis_*``, ``valkey_*``)."""
 
     start_timeout = 30.0
+    """How long the server may take to answer at all."""
+    loading_timeout = 900.0
+    """How long it may then take to load its data while it answers ``LOADING``: the AOF
+    grows with the dedup window (8-12 M seen markers took over 30 s), and a server that
+    says it is loading is starting, not failing."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,13 +60,34 @@ class _RespServer(Server):
     def command(self) -> list[str]:
         return [self.binary(), str(self.dir / f"{self.name}.conf")]
 
-    def probe(self) -> bool:
+    def ping(self) -> bytes:
+        """The server's reply to ``PING`` (after ``AUTH``): ``+PONG``, or an error such
+        as ``-LOADING`` while it reads its data back."""
         with socket.create_connection((self.host, self.port), timeout=2) as sock:
             if self.password:
                 sock.sendall(f"AUTH {self.password}\r\n".encode())
                 sock.recv(64)
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64)
+
+    def probe(self) -> bool:
+        return self.ping().startswith(b"+PONG")
+
+    def loading(self) -> bool:
+        try:
+            return self.ping().startswith(b"-LOADING")
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Ready within ``start_timeout``; or, if it is loading its data by then, within
+        ``loading_timeout`` more."""
+        try:
+            super().wait_ready(timeout)
+        except StackError:
+            if not self.loading():
+                raise
+            super().wait_ready(self.loading_timeout)
 
 
 class Redis(_RespServer):
