@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from loadtest import grpc_load
 from loadtest.bench import openloop, procs, wsload
-from loadtest.bench.measure import CpuWindow, percentile
+from loadtest.bench.measure import ACCEPTED_IDS, CpuWindow, percentile
 from loadtest.counters import HTTP_BASE
 
 LUA = Path(__file__).resolve().parents[1] / "tweets.lua"
@@ -269,7 +269,8 @@ def overload(
         kws = [
             {"host": split.hostname, "port": split.port, "path": "/input", "phases": phases,
              "share": i, "shares": shares, "start_at": started, "tag": f"{tag}-p{i}",
-             "timeout_s": 10.0, "max_connections": args.overload_connections // shares}
+             "timeout_s": 10.0, "max_connections": args.overload_connections // shares,
+             "keep_ids": True}
             for i in range(shares)
         ]  # fmt: skip
         outs = in_children(openloop.child, kws, CHILD_START_DELAY_S + high + tail + 60)
@@ -298,6 +299,7 @@ def overload(
             "rss_before_mib": procs.rss_mib(before),
             "rss_after_mib": procs.rss_mib(after),
             "loadgen": f"open loop x{shares} proc, <= {args.overload_connections} conn",
+            ACCEPTED_IDS: [i for out in outs for i in out["accepted_ids"]],
         }
 
     return Load(run, high + tail, CHILD_START_DELAY_S)

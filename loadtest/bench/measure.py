@@ -9,6 +9,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,26 @@ def delivery(
         "e2e_s": round(e2e, 2) if e2e else None,
         "e2e_tweets_per_s": round(run["accepted"] / e2e, 1) if e2e else None,
         "drain_s": round(counted_at - run["started_at"] - duration, 2) if counted_at else None,
+    }
+
+
+ACCEPTED_IDS = "_accepted_ids"
+"""A load's figures key for the ids of the tweets answered 202 (the open-loop generator's),
+looked for in both stores after the drain by :func:`accepted_by_id`, then dropped."""
+
+
+def accepted_by_id(
+    run: dict[str, Any], in_redis: Sequence[bool], in_valkey: Sequence[bool]
+) -> dict[str, Any]:
+    """The promise checked tweet by tweet: how many answered 202 are missing from each store
+    (must be 0), and how many more each store counted than were answered 202: tweets of
+    requests answered 503 after the deadline or not answered in time, which may have been
+    published; a retry with their ids counts nothing twice."""
+    return {
+        "accepted_ids_checked": len(in_redis),
+        "accepted_missing_redis": len(in_redis) - sum(in_redis),
+        "accepted_missing_valkey": len(in_valkey) - sum(in_valkey),
+        "counted_beyond_202": max(run["redis_delta"], run["valkey_delta"]) - run["accepted"],
     }
 
 

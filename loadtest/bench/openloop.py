@@ -5,7 +5,9 @@ closed loop would). Raw HTTP/1.1 keep-alive on asyncio streams, run in child pro
 
 Every request is recorded as (scheduled offset s, send lag ms, latency ms, status);
 status 0 = timeout or connection error, -1 = no connection free and the cap reached.
-The send lag shows whether the generator itself kept to its schedule.
+The send lag shows whether the generator itself kept to its schedule. With ``keep_ids``
+a child also returns the id of every tweet answered 202, so that each can be looked for
+in both stores.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ class Sender:
         self.opened = 0
         self.records: list[Record] = []
         self.retry_after = 0
+        self.accepted_ids: list[str] | None = None  # kept only when asked (not in a soak)
 
-    async def one(self, offset: float, lag_ms: float, payload: bytes) -> None:
+    async def one(self, offset: float, lag_ms: float, payload: bytes, tweet_id: str) -> None:
         conn = self.idle.pop() if self.idle else None
         if conn is None and self.opened >= self.max_connections:
             self.records.append((offset, lag_ms, 0.0, NO_CONNECTION))
@@ -97,6 +100,8 @@ class Sender:
             return
         self.records.append((offset, lag_ms, (time.perf_counter() - sent) * 1000, status))
         self.retry_after += retry and status == 503
+        if status == 202 and self.accepted_ids is not None:
+            self.accepted_ids.append(tweet_id)
         if keep:
             self.idle.append(conn)
         else:
@@ -116,12 +121,13 @@ async def _drive(sender: Sender, offsets: list[float], start_at: float, tag: str
     tasks: set[asyncio.Task[None]] = set()
     await asyncio.sleep(max(0.0, start_at - time.time()))
     for offset in offsets:
-        payload = request_bytes(host, sender.path, json.dumps(factory.one()).encode())
+        tweet = factory.one()
+        payload = request_bytes(host, sender.path, json.dumps(tweet).encode())
         wait = start_at + offset - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
         lag_ms = max(0.0, -wait) * 1000
-        task = asyncio.create_task(sender.one(offset, lag_ms, payload))
+        task = asyncio.create_task(sender.one(offset, lag_ms, payload, tweet["id"]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -145,6 +151,8 @@ def child(kw: dict[str, Any]) -> dict[str, Any]:
     per bucket) and its own CPU seconds."""
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     sender = Sender(kw["host"], kw["port"], kw["path"], kw["timeout_s"], kw["max_connections"])
+    if kw.get("keep_ids"):
+        sender.accepted_ids = []
     offsets = schedule(kw["phases"], kw["share"], kw["shares"])
     drive = _drive(sender, offsets, kw["start_at"], kw["tag"])
     buckets: list[dict[str, Any]] = []
@@ -155,7 +163,8 @@ def child(kw: dict[str, Any]) -> dict[str, Any]:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
     return {"records": sender.records, "buckets": buckets, "cpu_s": cpu,
-            "retry_after": sender.retry_after}  # fmt: skip
+            "retry_after": sender.retry_after,
+            "accepted_ids": sender.accepted_ids or []}  # fmt: skip
 
 
 def window(records: list[Record], start: float, end: float) -> list[Record]:

@@ -93,7 +93,23 @@ def _overload_rows(results: dict[str, Any]) -> list[Row | None]:
               unit=" ms"),
         bound("overload: latency normal again <= 5 s after the load drops",
               run["recovered_s"], hi=5, unit=" s"),
+        _nothing_accepted_lost(runs),
     ]  # fmt: skip
+
+
+def _nothing_accepted_lost(runs: list[dict[str, Any]]) -> Row | None:
+    """Every tweet answered 202 in the overload runs, looked for by id in both stores."""
+    checked = [r for r in runs if r.get("accepted_ids_checked") is not None]
+    if not checked:
+        return None
+    missing = sum(r["accepted_missing_redis"] + r["accepted_missing_valkey"] for r in checked)
+    beyond = ", ".join(f"{r['counted_beyond_202']:,}" for r in checked)
+    return {
+        "target": "overload: nothing answered 202 lost (each id looked for in Redis and Valkey)",
+        "value": f"{missing} missing of {sum(r['accepted_ids_checked'] for r in checked):,} "
+        f"in {len(checked)} runs (counted beyond the 202s: {beyond})",
+        "met": missing == 0,
+    }
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
@@ -253,7 +269,10 @@ def overload_markdown(entry: dict[str, Any] | None) -> list[str]:
         f"{_statuses(run['overload'].get('other_statuses'))}; normal p99 "
         f"{_cell(run['normal_p99_ms'])} ms; latency back to <= 2 x normal "
         f"{_cell(run['recovered_s'])} s after the load dropped; accepted = Redis = Valkey: "
-        f"{_cell(run['zero_loss'])}.",
+        f"{_cell(run['zero_loss'])}; answered 202 and missing from Redis / Valkey: "
+        f"{_cell(run.get('accepted_missing_redis'))} / "
+        f"{_cell(run.get('accepted_missing_valkey'))}; counted beyond the 202s: "
+        f"{_cell(run.get('counted_beyond_202'))}.",
         "",
         "| Process | RSS before MiB | RSS after MiB |",
         "|---|---|---|",

@@ -170,6 +170,9 @@ class Bench:
             accepted=accepted,
         )
         out.update(measure.delivery(out, before, after, counted_at))
+        ids = out.pop(measure.ACCEPTED_IDS, None)
+        if ids is not None:
+            out.update(measure.accepted_by_id(out, *await self.counters.counted(ids)))
         out.update(measure.freshness(probe_result))
         (u0, m0, t0), (u1, m1, t1) = cpu_at["start"], cpu_at["end"]
         by_process = procs.cpu_between(u0, u1)
