@@ -40,6 +40,17 @@ class Counters:
         r, v = await asyncio.gather(check(self.redis), check(self.valkey))
         return r, v
 
+    async def pause_writes(self, seconds: float) -> None:
+        """Both stores hold every write (``CLIENT PAUSE ... WRITE``; reads still answer)
+        for at most ``seconds``: the consumers stop counting while the brokers keep the
+        backlog, which :meth:`resume_writes` releases at once."""
+        ms = max(1, round(seconds * 1000))
+        await asyncio.gather(self.redis.client_pause(ms, all=False),
+                             self.valkey.client_pause(ms, all=False))  # fmt: skip
+
+    async def resume_writes(self) -> None:
+        await asyncio.gather(self.redis.client_unpause(), self.valkey.client_unpause())
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.valkey.aclose()

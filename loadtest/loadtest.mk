@@ -2,7 +2,7 @@
 # Both need the local stack (`make up`); results go to loadtest/results/ (git-ignored).
 #
 #   make load  [DURATION=30s USERS=50 SPAWN_RATE=10]   Locust headless + zero-loss check
-#   make bench [REPEAT=3 DURATION=20 CONNECTIONS=64 BATCH=1 SCENARIOS=noop,rest,...]
+#   make bench [REPEAT=3 BENCH_DURATION=20 SCENARIOS=noop,rest,... BENCH_ARGS=...]
 #   make bench-smoke                                    REPEAT=1, 3 s runs (CI-sized)
 #   make benthos-build                                  Benthos v4.27 for the anchor (cached)
 #   make soak [SOAK_MINUTES=60]                         half the max rate, dashboard open

@@ -21,9 +21,12 @@ Scenarios (each repeated ``--repeat`` times; the tables show medians):
 * ``grpc_batch``: the same client calling ``PublishBatch`` with ``--big-batch`` tweets.
 * ``replicas_1`` / ``replicas_2`` / ``replicas_auto``: the Gateway fixed at 1, at 2, and
   autoscaling; replica counts over time from the dashboard's Serve REST API.
-* ``overload`` (only when named in ``--scenarios``): an open-loop generator (openloop) at
-  2 x the measured max single-tweet rate, then half of it: 503 share, latencies,
-  recovery, every stack process's RSS before and after.
+* ``drain``: arrays of ``--big-batch`` tweets accepted while both stores hold their writes
+  (``CLIENT PAUSE WRITE``), then released: each consumer's own drain rate (Kafka -> Redis,
+  RabbitMQ -> Valkey) with the machine to itself.
+* ``overload`` (last; not in ``--smoke``): an open-loop generator (openloop) at 2 x the
+  measured max single-tweet rate, then half of it: 503 share, latencies, recovery, every
+  stack process's RSS before and after, every tweet answered 202 looked for by id.
 
 A freshness probe (low-rate tagged tweets polled in both stores) runs during every
 pipeline run; the stack's CPU per accepted tweet (procs) is measured in each. Results go

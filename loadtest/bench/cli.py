@@ -80,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def smoke_scenarios(benthos_built: bool) -> str:
     """CI-sized: the anchor only when its binary is cached (a cold build is minutes)."""
     anchor = "benthos,benthos_batch," if benthos_built else ""
-    return f"noop,noop_grpc,rest,{anchor}stream,rest_half,rest_batch,grpc,grpc_batch,replicas_1"
+    return (
+        f"noop,noop_grpc,rest,{anchor}stream,rest_half,rest_batch,drain,grpc,grpc_batch,replicas_1"
+    )
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:

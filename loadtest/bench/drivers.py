@@ -298,6 +298,8 @@ def overload(
             "recovered_s": openloop.recovered_after(records, high, 2 * normal) if normal else None,
             "rss_before_mib": procs.rss_mib(before),
             "rss_after_mib": procs.rss_mib(after),
+            "rss_largest_before_mib": procs.rss_mib(before, largest=True),
+            "rss_largest_after_mib": procs.rss_mib(after, largest=True),
             "loadgen": f"open loop x{shares} proc, <= {args.overload_connections} conn",
             ACCEPTED_IDS: [i for out in outs for i in out["accepted_ids"]],
         }

@@ -224,6 +224,32 @@ def delivery(
     }
 
 
+def drain_rates(
+    samples: Sequence[tuple[float, int, int]],
+    released_at: float,
+    before: tuple[int, int],
+    backlog: int,
+) -> dict[str, Any]:
+    """Each consumer's drain rate from a backlog built while the stores' writes were
+    paused: per store (Redis fed by the Kafka consumer, Valkey by the RabbitMQ one), the
+    tweets counted from its first count after ``released_at`` until ``backlog`` more than
+    ``before``, over that time (a consumer whose store call had timed out resumes after its
+    retry backoff: that wait is ``resume_s``, not drain time). None where a store never
+    got there."""
+    out: dict[str, Any] = {"backlog_tweets": backlog}
+    for index, store in ((1, "redis"), (2, "valkey")):
+        after = [(s[0], s[index]) for s in samples if s[0] >= released_at]
+        target = before[index - 1] + backlog
+        first = next(((t, n) for t, n in after if n > before[index - 1]), None)
+        done = next((t for t, n in after if n >= target), None)
+        rate = None
+        if first and done and done > first[0]:
+            rate = round((target - first[1]) / (done - first[0]), 1)
+        out[f"drain_{store}_tweets_per_s"] = rate
+        out[f"resume_{store}_s"] = round(first[0] - released_at, 2) if first else None
+    return out
+
+
 ACCEPTED_IDS = "_accepted_ids"
 """A load's figures key for the ids of the tweets answered 202 (the open-loop generator's),
 looked for in both stores after the drain by :func:`accepted_by_id`, then dropped."""

@@ -5,7 +5,7 @@ machine-wide CPU includes other people's work; the sum over these processes does
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -74,12 +74,15 @@ class Usage:
 
     cpu: dict[int, tuple[str, float, float]]
     rss: dict[str, int]
+    rss_largest: dict[str, int] = field(default_factory=dict)
+    """The largest single process's RSS per label (a replica added meanwhile is not growth)."""
 
 
 def sample(procs: dict[int, psutil.Process]) -> Usage:
     """CPU and RSS of ``procs`` (a process gone meanwhile is skipped)."""
     cpu: dict[int, tuple[str, float, float]] = {}
     rss: dict[str, int] = {}
+    largest: dict[str, int] = {}
     for pid, proc in procs.items():
         try:
             with proc.oneshot():
@@ -90,7 +93,8 @@ def sample(procs: dict[int, psutil.Process]) -> Usage:
             continue
         cpu[pid] = (name, times.user + times.system, proc.create_time())
         rss[name] = rss.get(name, 0) + memory
-    return Usage(cpu, rss)
+        largest[name] = max(largest.get(name, 0), memory)
+    return Usage(cpu, rss, largest)
 
 
 def cpu_between(start: Usage, end: Usage) -> dict[str, float]:
@@ -106,5 +110,7 @@ def cpu_between(start: Usage, end: Usage) -> dict[str, float]:
     return {name: round(seconds, 3) for name, seconds in used.items()}
 
 
-def rss_mib(usage: Usage) -> dict[str, float]:
-    return {k: round(v / 2**20, 1) for k, v in sorted(usage.rss.items())}
+def rss_mib(usage: Usage, largest: bool = False) -> dict[str, float]:
+    """RSS per label in MiB: summed over its processes, or its ``largest`` one."""
+    by_label = usage.rss_largest if largest else usage.rss
+    return {k: round(v / 2**20, 1) for k, v in sorted(by_label.items())}

@@ -91,10 +91,57 @@ def _overload_rows(results: dict[str, Any]) -> list[Row | None]:
               hi=4.0, unit=" ms"),
         bound("overload: p99 of the 503 answers <= 100 ms", hot["p99_503_ms"], hi=100,
               unit=" ms"),
-        bound("overload: latency normal again <= 5 s after the load drops",
-              run["recovered_s"], hi=5, unit=" s"),
+        _recovered(run),
+        _retry_after(run),
+        _memory_bounded(run),
         _nothing_accepted_lost(runs),
     ]  # fmt: skip
+
+
+RECOVERY_TARGET = "overload: latency normal again <= 5 s after the load drops"
+RSS_GROWTH_LIMIT = 1.15
+"""Overload: a process's RSS after the run at most this x before (as in ``make soak``)..."""
+RSS_SLACK_MIB = 32.0
+"""...or at most this much more (a small process's allocator noise is not growth)."""
+
+
+def _recovered(run: dict[str, Any]) -> Row | None:
+    if run.get("normal_p99_ms") is None:
+        return None
+    if run["recovered_s"] is None:
+        return {"target": RECOVERY_TARGET, "value": "not normal again before the run ended",
+                "met": False}  # fmt: skip
+    return bound(RECOVERY_TARGET, run["recovered_s"], hi=5, unit=" s")
+
+
+def _retry_after(run: dict[str, Any]) -> Row:
+    refused = run["overload"]["refused_503"] + run["after_drop"]["refused_503"]
+    return {
+        "target": "overload: every 503 carries Retry-After",
+        "value": f"{run['retry_after_503']:,} of {refused:,}",
+        "met": refused > 0 and run["retry_after_503"] == refused,
+    }
+
+
+def _memory_bounded(run: dict[str, Any]) -> Row:
+    """The largest process of each label after the run against before (a label's RSS
+    summed would count a replica the autoscaler added as growth)."""
+    before, after = run["rss_before_mib"], run["rss_after_mib"]
+    peak_before = run.get("rss_largest_before_mib", before)
+    peak_after = run.get("rss_largest_after_mib", after)
+    grown = {
+        name: (peak_before[name], mib)
+        for name, mib in peak_after.items()
+        if name in peak_before
+        and mib > max(RSS_GROWTH_LIMIT * peak_before[name], peak_before[name] + RSS_SLACK_MIB)
+    }
+    worst = ", ".join(f"{n} {b:,.0f} -> {a:,.0f} MiB" for n, (b, a) in sorted(grown.items()))
+    return {
+        "target": f"overload: every process's RSS after <= {RSS_GROWTH_LIMIT:g} x before "
+        f"(or + {RSS_SLACK_MIB:g} MiB)",
+        "value": worst or f"all {len(peak_after)} within",
+        "met": not grown,
+    }
 
 
 def _nothing_accepted_lost(runs: list[dict[str, Any]]) -> Row | None:
@@ -109,6 +156,21 @@ def _nothing_accepted_lost(runs: list[dict[str, Any]]) -> Row | None:
         "value": f"{missing} missing of {sum(r['accepted_ids_checked'] for r in checked):,} "
         f"in {len(checked)} runs (counted beyond the 202s: {beyond})",
         "met": missing == 0,
+    }
+
+
+DRAIN_TARGET = 25_000
+
+
+def _drain_row(redis: float | None, valkey: float | None) -> Row | None:
+    """Issue 20 item 3: each consumer drains >= 25,000 tweets/s (the ``drain`` scenario)."""
+    if redis is None and valkey is None:
+        return None
+    return {
+        "target": f"each consumer drains >= {DRAIN_TARGET:,} tweets/s (Kafka -> Redis, "
+        "RabbitMQ -> Valkey)",
+        "value": " / ".join("-" if x is None else _num(x) for x in (redis, valkey)) + " tweets/s",
+        "met": all(x is not None and x >= DRAIN_TARGET for x in (redis, valkey)),
     }
 
 
@@ -141,6 +203,8 @@ def targets(results: dict[str, Any]) -> list[Row]:
         bound("REST arrays of 100 >= 25,000 tweets/s end to end", batch, lo=25_000),
         ratio("REST arrays of 100 end to end >= 2 x Benthos arrays", batch,
               med("benthos_batch", "e2e_tweets_per_s"), lo=2.0),
+        _drain_row(med("drain", "drain_redis_tweets_per_s"),
+                   med("drain", "drain_valkey_tweets_per_s")),
         ratio("gRPC PublishBatch >= REST arrays (tweets/s)",
               med("grpc_batch", "e2e_tweets_per_s"), batch, lo=1.0),
         ratio("gRPC Publish end to end >= 0.6 x no-op gRPC ceiling",
@@ -176,6 +240,8 @@ COLUMNS = [
     ("Kafka lag end", "kafka_lag"),
     ("RabbitMQ depth end", "rabbitmq_depth"),
     ("drain s", "drain_s"),
+    ("drain Redis tweets/s", "drain_redis_tweets_per_s"),
+    ("drain Valkey tweets/s", "drain_valkey_tweets_per_s"),
     ("zero loss", "zero_loss_all"),
     ("Benthos verified", "verified_all"),
     ("stack CPU ms/tweet", "stack_cpu_ms_per_tweet"),
@@ -299,6 +365,9 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     for row in report["targets"]:
         print(f"{'MET ' if row['met'] else 'MISS'}  {row['target']}: {row['value']}")
+    overload = overload_markdown(report["scenarios"].get("overload"))
+    if overload:
+        print("\n".join(overload))
 
 
 def write(report: Report, out: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from devstack import serve_ops
 from loadtest import counters
 from loadtest.bench import measure, procs, report, variants
-from loadtest.bench.drivers import Figures, Load
+from loadtest.bench.drivers import WRK_GRACE_S, Figures, Load
 from loadtest.bench.scenarios import SCENARIOS, Scenario
 from loadtest.counters import Counters
 from loadtest.probe import Probe
@@ -57,6 +57,9 @@ class Bench:
         title, load = scenario.plan(self.args, self.results)
         if scenario.kind == "ceiling":
             await self.repeat(scenario.name, title, lambda: self.ceiling_run(scenario.name, load))
+            return
+        if scenario.kind == "drain":
+            await self.repeat(scenario.name, title, lambda: self.drain_run(scenario.name, load))
             return
         if scenario.kind == "anchor":
             await self.repeat(scenario.name, title, lambda: self.anchor_run(scenario.name, load))
@@ -118,6 +121,30 @@ class Bench:
         out["stack_cpu_by_process_s"] = {**brokers, "benthos": out["benthos_cpu_s"]}
         out["stack_cpu_ms_per_tweet"] = measure.ms_per(cpu, out["accepted"])
         out["serve_cpu_ms_per_tweet"] = out["cpu_ms_per_tweet"]  # Benthos's own process
+        return out
+
+    async def drain_run(self, name: str, load: Load) -> Figures:
+        """The consumers' own rate: the load is accepted while both stores hold their
+        writes, so the whole of it waits in the brokers; then the stores are released and
+        each consumer drains its backlog with the machine to itself."""
+        a = self.args
+        await measure.quiesce(self.counters, a.quiesce_timeout)
+        before = await self.counters.totals()
+        await self.counters.pause_writes(load.start_delay + load.duration + WRK_GRACE_S + 30)
+        try:
+            out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
+            out.update(await counters.lag())
+        finally:
+            await self.counters.resume_writes()
+        released_at = time.time()
+        recorder = measure.TotalsRecorder(self.counters)
+        recorder.target = (before[0] + out["accepted"], before[1] + out["accepted"])
+        done_r, done_v = await recorder.run(a.drain_timeout)
+        await asyncio.sleep(a.settle)
+        after = await self.counters.totals()
+        out.update(accepted_load=out["accepted"], backlog_before=None)
+        out.update(measure.delivery(out, before, after, None))
+        out.update(measure.drain_rates(recorder.samples, released_at, before, out["accepted"]))
         return out
 
     async def pipeline_run(self, name: str, load: Load) -> Figures:

@@ -1,7 +1,8 @@
 """Every scenario of the benchmark, in the order they run: one entry each. A scenario
 names its driver and settings (``plan``), what stands behind it (``kind``: our pipeline,
 counted in both stores; a ceiling, no counts; the Benthos anchor, verified in its
-brokers) and the Serve config variant it needs, if any. ``make bench`` runs them all."""
+brokers; the consumers' drain rate) and the Serve config variant it needs, if any.
+``make bench`` runs them all."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from loadtest.bench.variants import NOOP_APP, NOOP_ROUTE, Config, replica_varian
 Results = dict[str, Any]
 Plan = Callable[[argparse.Namespace, Results], tuple[str, Load]]
 """(args, results so far) -> (title, load)."""
-Kind = Literal["pipeline", "ceiling", "anchor"]
+Kind = Literal["pipeline", "ceiling", "anchor", "drain"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
     ),
     _anchor("benthos_batch", "array100", "arrays of 100 split per tweet"),
+    Scenario(
+        "drain",
+        lambda a, _: (
+            f"Consumers: a backlog of REST arrays of {a.big_batch} built with the stores' "
+            "writes paused, then drained (each consumer's rate)",
+            drivers.wrk(a, "/input", batch=a.big_batch),
+        ),
+        kind="drain",
+    ),
     Scenario(
         "grpc",
         lambda a, _: (

@@ -167,8 +167,14 @@ def _entry(median: dict, runs: list[dict] | None = None) -> dict:
 def _results() -> dict:
     overload_run = {
         "zero_loss": True, "target_rate_req_s": 2000.0, "recovered_s": 2.0,
+        "normal_p99_ms": 40.0, "retry_after_503": 700,
         "overload": {"sent_per_s": 1990.0, "accepted_per_s": 850.0, "p99_ms": 300.0,
-                     "p99_503_ms": 150.0},
+                     "p99_503_ms": 150.0, "refused_503": 600},
+        "after_drop": {"refused_503": 100},
+        "rss_before_mib": {"Gateway": 700.0, "redis": 20.0},
+        "rss_after_mib": {"Gateway": 1400.0, "redis": 50.0},
+        "rss_largest_before_mib": {"Gateway": 700.0, "redis": 20.0},
+        "rss_largest_after_mib": {"Gateway": 760.0, "redis": 50.0},
     }  # fmt: skip
     return {
         "noop": _entry({"accepted_per_s": 5000.0, "zero_loss": None}),
@@ -216,6 +222,10 @@ def test_targets_in_one_run() -> None:
     assert rows["overload: p99 accepted <= 4 x half-rate p99"]["met"]
     assert not rows["overload: p99 of the 503 answers <= 100 ms"]["met"]
     assert rows["overload: latency normal again <= 5 s after the load drops"]["met"]
+    assert rows["overload: every 503 carries Retry-After"]["value"] == "700 of 700"
+    memory = rows["overload: every process's RSS after <= 1.15 x before (or + 32 MiB)"]
+    assert memory == {**memory, "value": "all 2 within", "met": True}  # a 2nd replica is not growth
+    assert not any(r.startswith("each consumer drains") for r in rows)  # drain not run
     zero = rows["zero loss in every pipeline run (accepted = Redis = Valkey)"]
     assert zero["value"] == "5/5 runs exact" and zero["met"]
     anchor = rows["Benthos: every accepted tweet found in Kafka and RabbitMQ"]
@@ -237,6 +247,58 @@ def test_overload_accepted_ids_are_a_target_only_when_they_were_checked() -> Non
     assert row["value"] == "0 missing of 1,000 in 1 runs (counted beyond the 202s: 215)"
     run.update(measure.accepted_by_id(run, [True] * 1000, [True] * 999 + [False]))
     assert not {r["target"]: r for r in report.targets(results)}[lost]["met"]
+
+
+def test_overload_rows_that_fail() -> None:
+    """Latency never normal again is a miss, not a missing row; a 503 without Retry-After
+    and one process that grew fail their rows."""
+    results = _results()
+    run = results["overload"]["runs"][0]
+    run.update(recovered_s=None, retry_after_503=699)
+    run["rss_largest_after_mib"] = {"Gateway": 900.0, "redis": 52.1}
+    rows = {r["target"]: r for r in report.targets(results)}
+    recovery = rows["overload: latency normal again <= 5 s after the load drops"]
+    assert recovery["value"] == "not normal again before the run ended" and not recovery["met"]
+    assert not rows["overload: every 503 carries Retry-After"]["met"]
+    memory = rows["overload: every process's RSS after <= 1.15 x before (or + 32 MiB)"]
+    assert memory["value"] == "Gateway 700 -> 900 MiB, redis 20 -> 52 MiB"
+    assert not memory["met"]
+
+
+def test_drain_rates_from_the_first_count_after_the_release() -> None:
+    """Redis resumes at once; Valkey's consumer waits out a retry backoff first, which is
+    its resume time, not drain time; a store that never gets there has no rate."""
+    samples = [
+        (9.0, 100, 50),  # before the release: not looked at
+        (10.0, 100, 50),
+        (10.5, 5_100, 50),
+        (11.0, 20_100, 50),
+        (12.0, 30_100, 50),
+        (12.5, 30_100, 10_050),
+        (14.0, 30_100, 30_050),
+    ]
+    out = measure.drain_rates(samples, 10.0, (100, 50), 30_000)
+    assert out == {
+        "backlog_tweets": 30_000,
+        "drain_redis_tweets_per_s": 16_666.7,  # 25,000 more in 1.5 s after the first 5,000
+        "resume_redis_s": 0.5,
+        "drain_valkey_tweets_per_s": 13_333.3,  # 20,000 in 1.5 s
+        "resume_valkey_s": 2.5,
+    }
+    short = measure.drain_rates(samples, 10.0, (100, 50), 40_000)
+    assert short["drain_redis_tweets_per_s"] is None and short["resume_redis_s"] == 0.5
+
+
+def test_drain_target_needs_both_consumers() -> None:
+    results = _results()
+    results["drain"] = _entry(
+        {"drain_redis_tweets_per_s": 31_000.0, "drain_valkey_tweets_per_s": 24_000.0}
+    )
+    rows = {r["target"]: r for r in report.targets(results)}
+    row = rows["each consumer drains >= 25,000 tweets/s (Kafka -> Redis, RabbitMQ -> Valkey)"]
+    assert row["value"] == "31,000 / 24,000 tweets/s" and not row["met"]
+    results["drain"]["median"]["drain_valkey_tweets_per_s"] = 25_000.0
+    assert {r["target"]: r for r in report.targets(results)}[row["target"]]["met"]
 
 
 def test_ratio_and_bound() -> None:
@@ -262,6 +324,7 @@ def test_make_bench_runs_every_scenario_the_smoke_not_overload() -> None:
     assert "benthos" not in cli.smoke_scenarios(False)
     assert "benthos,benthos_batch" in cli.smoke_scenarios(True)
     assert "overload" not in cli.smoke_scenarios(True)
+    assert "drain" in cli.smoke_scenarios(False)  # pauses and resumes the real stores
     args = cli.parse_args(["--scenarios", "rest,overload", "--repeat", "1"])
     assert args.scenarios == ["rest", "overload"]
 
