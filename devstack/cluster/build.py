@@ -4,6 +4,8 @@ Kubernetes cannot be ``go install``-ed (its go.mod replaces every staging module
 local directory), so a wrapper module requires ``k8s.io/kubernetes`` and replaces each
 staging module with its published ``v0.Y.Z`` release instead. KWOK and the KubeRay operator
 have no replaces and install directly. A binary that exists is never rebuilt.
+
+The go tool itself comes from :func:`devstack.go_toolchain.go_binary`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from devstack.go_toolchain import go_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / ".devstack" / "cluster"
 BIN = HOME / "bin"
-GO = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
 
 KUBERNETES_VERSION = "v1.36.3"
 KWOK_VERSION = "v0.8.0"
@@ -58,7 +61,9 @@ def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run the go tool (module proxy only; CGO off: static binaries, no C toolchain);
     raise with its output when it fails."""
     full_env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", **(env or {})}
-    result = subprocess.run([GO, *args], cwd=cwd, env=full_env, capture_output=True, text=True)
+    result = subprocess.run(
+        [go_binary(), *args], cwd=cwd, env=full_env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout

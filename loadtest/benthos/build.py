@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from devstack.cluster.build import GO  # the one place that finds the Go toolchain
+from devstack.go_toolchain import go_binary  # the one place that finds the Go toolchain
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / ".devstack" / "benthos"
@@ -68,7 +68,7 @@ def go(args: list[str], cwd: Path, timeout_s: float) -> str:
         "GOTOOLCHAIN": "local",
     }
     result = subprocess.run(
-        ["nice", "-n", "19", GO, *args],
+        ["nice", "-n", "19", go_binary(), *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import aio_pika
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from devstack.go_toolchain import find_installed_go
 from loadtest.benthos import build, run_anchor
 from loadtest.benthos.config import AnchorNames
 from loadtest.benthos.run import RunningAnchor, cleanup, running_anchor
@@ -32,8 +31,8 @@ NAMES = AnchorNames(topic=TEST_NAME, exchange=TEST_NAME, queue=TEST_NAME)
 
 @pytest.fixture(scope="module")
 def benthos_built() -> Iterator[None]:
-    if not build.binary().exists() and not (os.environ.get("GO") or shutil.which("go")):
-        pytest.skip("no Go toolchain and no cached Benthos build")
+    if not build.binary().exists() and find_installed_go() is None:
+        pytest.skip("no Go installed (GO, PATH, /usr/local/go, .devstack/go) and no Benthos build")
     build.build()
     yield
     asyncio.run(cleanup(NAMES))
