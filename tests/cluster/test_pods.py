@@ -10,9 +10,9 @@ come from the Secret, as in production.
 
 Checked, in order: the RayService Ready and weather-pipeline-serve-svc created; POST /input
 through that Service by cluster IP (from the node) and by DNS name (from a client pod), each
-tweet counted exactly once in Redis and in Valkey; gRPC Publish through the Service; the
-/health readiness probe taking the worker out of the Service while Kafka is down and back
-after.
+tweet counted exactly once in Redis and in Valkey; gRPC Publish and the WebSocket
+``/input/stream`` through the Service; the /health readiness probe taking the worker out of
+the Service while Kafka is down and back after.
 """
 
 from __future__ import annotations
@@ -429,6 +429,25 @@ def test_grpc_publish_through_the_service(cluster: RealCluster) -> None:
         for tweet in tweets:
             reply = stub.Publish(weather_pb2.Tweet(**tweet), metadata=GRPC_METADATA, timeout=30)
             assert reply.id == tweet["id"]
+    expect_counted(base, before, tweets)
+
+
+def test_websocket_stream_through_the_service(cluster: RealCluster) -> None:
+    """``/input/stream`` through the RayService's Serve proxy: one acknowledgement per frame
+    (single tweets and an array), in order, each tweet counted once in both stores."""
+    from websockets.sync.client import connect
+
+    base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
+    before = stats(base)
+    tweets = make_tweets(12)
+    frames = [json.dumps(t) for t in tweets[:8]] + [json.dumps(tweets[8:])]
+    with connect(base.replace("http://", "ws://", 1) + "/input/stream", open_timeout=30) as ws:
+        for frame in frames:
+            ws.send(frame)
+        acks = [json.loads(ws.recv(timeout=30)) for _ in frames]
+    assert [a["frame"] for a in acks] == list(range(len(frames)))
+    assert [a["status"] for a in acks] == [202] * len(frames), acks
+    assert [a["id"] for a in acks[:8]] + acks[8]["ids"] == [t["id"] for t in tweets]
     expect_counted(base, before, tweets)
 
 
