@@ -238,6 +238,7 @@ def stream(args: argparse.Namespace) -> Load:
             "accepted": out["accepted"],
             "non_202": sum(out["errors"].values()),
             "errors": out["errors"],
+            "error_samples": out["error_samples"],
             "socket_errors": out["unacked"],
             "p50_ms": percentile(lat, 50),
             "p99_ms": percentile(lat, 99),
@@ -310,12 +311,21 @@ def overload(
 # --- the Benthos anchor -----------------------------------------------------------------
 def benthos(args: argparse.Namespace, scenario: Literal["single", "array100"]) -> Load:
     """Benthos v4.27 (built once, started per run) driven by the same wrk + tweets.lua;
-    every accepted tweet is then looked for in both brokers (``verified``)."""
+    every accepted tweet is then looked for in both brokers (``verified``). The stack's
+    processes (the brokers Benthos writes to) are sampled as wrk's sending window opens
+    and closes: ``window_usage``, what the CPU per tweet is taken over."""
     from loadtest.benthos import run_anchor
 
     def run(tag: str) -> Figures:
+        stack = procs.stack_processes()
+        usage: dict[str, procs.Usage] = {}
+
+        def on_window(which: str) -> None:
+            usage[which] = procs.sample(stack)
+
         started = time.time()
-        result = run_anchor(scenario, args.duration, args.connections, tag=tag)
-        return {"started_at": started, **result.as_bench_run()}
+        result = run_anchor(scenario, args.duration, args.connections, tag=tag,
+                            on_window=on_window)  # fmt: skip
+        return {"started_at": started, **result.as_bench_run(), "window_usage": usage}
 
     return Load(run, args.duration)

@@ -112,11 +112,12 @@ class Bench:
 
     async def anchor_run(self, name: str, load: Load) -> Figures:
         """Benthos: its figures as they are (e2e = accepted rate if verified in brokers),
-        plus CPU per tweet of Benthos itself and of the two brokers it publishes to."""
-        stack = await asyncio.to_thread(procs.stack_processes)
-        before = await asyncio.to_thread(procs.sample, stack)
+        plus CPU per tweet of Benthos itself and of the two brokers it publishes to over
+        wrk's sending window (not Benthos's startup nor the check that reads every tweet
+        back from both brokers)."""
         out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
-        brokers = procs.cpu_between(before, await asyncio.to_thread(procs.sample, stack))
+        window = out.pop("window_usage")
+        brokers = procs.cpu_between(window["start"], window["end"])
         cpu = out["benthos_cpu_s"] + brokers.get("kafka", 0.0) + brokers.get("rabbitmq", 0.0)
         out["stack_cpu_by_process_s"] = {**brokers, "benthos": out["benthos_cpu_s"]}
         out["stack_cpu_ms_per_tweet"] = measure.ms_per(cpu, out["accepted"])

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 ACK_TIMEOUT_S = 10.0
+ERROR_SAMPLES = 5
 
 
 async def _connection(url: str, tag: str, stop_at: float, in_flight: int, out: dict) -> None:
@@ -53,6 +54,8 @@ async def _connection(url: str, tag: str, stop_at: float, in_flight: int, out: d
                 else:
                     key = str(ack.get("status"))
                     out["errors"][key] = out["errors"].get(key, 0) + 1
+                    if len(out["error_samples"]) < ERROR_SAMPLES:  # what the answer said
+                        out["error_samples"].append(message[:500])
             out["unacked"] += len(sent)
 
         sender = asyncio.create_task(send())
@@ -64,7 +67,7 @@ async def _connection(url: str, tag: str, stop_at: float, in_flight: int, out: d
 
 async def _drive(kw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"frames": 0, "accepted": 0, "unacked": 0, "errors": {},
-                           "latencies_ms": []}  # fmt: skip
+                           "error_samples": [], "latencies_ms": []}  # fmt: skip
     await asyncio.sleep(max(0.0, kw["start_at"] - time.time()))
     stop_at = kw["start_at"] + kw["duration_s"]
     results = await asyncio.gather(

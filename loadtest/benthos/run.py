@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -121,15 +121,31 @@ def wrk_command(url: str, duration_s: float, connections: int, batch: int, tag: 
 
 
 def run_wrk(
-    url: str, duration_s: float, connections: int, batch: int, tag: str, pid: int
+    url: str,
+    duration_s: float,
+    connections: int,
+    batch: int,
+    tag: str,
+    pid: int,
+    on_window: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run wrk (bounded by -d and a hard kill timer) and return its WRK_JSON plus the CPU
     seconds of wrk itself (its rusage) and of process ``pid`` (Benthos) over the whole
-    run, and the machine's busy % over the sending window (as the benchmark does)."""
+    run, and the machine's busy % over the sending window (as the benchmark does).
+    ``on_window("start")`` and ``on_window("end")`` are called as that window opens and
+    closes (the benchmark samples the brokers' CPU there, not over startup and checks)."""
     cmd = wrk_command(url, duration_s, connections, batch, tag)
+
+    def window_ends() -> None:
+        window.setdefault("end", _machine_cpu())
+        if on_window is not None:
+            on_window("end")
+
+    if on_window is not None:
+        on_window("start")
     window = {"start": _machine_cpu()}
     benthos0 = process.cpu_seconds(pid)
-    sampler = threading.Timer(duration_s + 0.2, lambda: window.setdefault("end", _machine_cpu()))
+    sampler = threading.Timer(duration_s + 0.2, window_ends)
     sampler.start()
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -144,12 +160,14 @@ def run_wrk(
         proc.returncode = os.waitstatus_to_exitcode(status)
         killer.cancel()
         sampler.cancel()
+        if "end" not in window:  # wrk ended before its window did (an error)
+            window_ends()
     benthos_cpu = process.cpu_seconds(pid) - benthos0
     line = next((x for x in text.splitlines() if x.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {proc.returncode}): {' '.join(cmd)}\n{text}")
     data = json.loads(line.removeprefix("WRK_JSON "))
-    start, end = window["start"], window.get("end", _machine_cpu())
+    start, end = window["start"], window["end"]
     total = end[1] - start[1]
     data.update(
         benthos_cpu_s=benthos_cpu,
@@ -275,17 +293,25 @@ async def arun_anchor(
     max_in_flight: int | None = None,
     names: AnchorNames | None = None,
     tag: str | None = None,
+    on_window: Callable[[str], None] | None = None,
 ) -> AnchorResult:
     """One run: Benthos started for it, wrk + tweets.lua for ``duration_s`` (plus the
     grace period), the accepted tweets counted in both brokers, Benthos stopped, the
-    anchor's topic and queue purged."""
+    anchor's topic and queue purged. ``on_window``: see :func:`run_wrk`."""
     if scenario not in BATCH or duration_s <= 0 or connections < 1:
         raise ValueError(f"bad anchor run: {scenario=} {duration_s=} {connections=}")
     tag = tag or f"anchor-{scenario}-{uuid.uuid4().hex[:8]}"
     in_flight = max_in_flight or default_max_in_flight(connections, BATCH[scenario])
     async with running_anchor(scenario, max_in_flight=in_flight, names=names) as anchor:
         wrk = await asyncio.to_thread(
-            run_wrk, anchor.url, duration_s, connections, BATCH[scenario], tag, anchor.pid
+            run_wrk,
+            anchor.url,
+            duration_s,
+            connections,
+            BATCH[scenario],
+            tag,
+            anchor.pid,
+            on_window,
         )
         counts = await anchor.counts(int(wrk["accepted"]))
     return _result(scenario, duration_s, connections, wrk, counts, anchor.ready_s, in_flight)
@@ -299,6 +325,7 @@ def run_anchor(
     max_in_flight: int | None = None,
     names: AnchorNames | None = None,
     tag: str | None = None,
+    on_window: Callable[[str], None] | None = None,
 ) -> AnchorResult:
     """Blocking :func:`arun_anchor` (from a thread or a script, not inside an event loop)."""
     return asyncio.run(
@@ -309,6 +336,7 @@ def run_anchor(
             max_in_flight=max_in_flight,
             names=names,
             tag=tag,
+            on_window=on_window,
         )
     )
 
