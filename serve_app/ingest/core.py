@@ -13,6 +13,7 @@ a retry with those ids is never counted twice, because the stores count an id on
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections import deque
@@ -286,9 +287,13 @@ class Coalescer:
         await done
 
     def _start_writes(self) -> None:
+        """A write serves many requests, so it runs in a context of its own, not in the one
+        request's that happened to start it: what a request scopes (Serve cancels the
+        calls made in a request's context when its client goes away) must not fail the
+        tweets of every other request in the write."""
         while self._waiting and self._in_flight < self.max_in_flight:
             self._in_flight += 1
-            task = asyncio.create_task(self._write())
+            task = asyncio.create_task(self._write(), context=contextvars.Context())
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 
 import pytest
@@ -168,3 +169,25 @@ async def test_configure_applies_to_the_next_write_and_refuses_nonsense() -> Non
     for bad in ((0, 1, 0.0), (10, 0, 0.0), (10, 1, -1.0)):
         with pytest.raises(ValueError):
             coalescer.configure(*bad)
+
+
+REQUEST = contextvars.ContextVar("request", default=None)
+"""Stands in for what a framework keeps per request (Serve: its request context, under
+which the calls a request makes are cancelled when its client disconnects)."""
+
+
+async def test_a_write_does_not_run_in_the_context_of_the_request_that_started_it() -> None:
+    """Seen with Serve: the write started by a WebSocket whose client then left was
+    cancelled with it, and a frame of another connection in the same write got a 503 after
+    both brokers had confirmed it."""
+    seen: list[object] = []
+
+    async def publish(batch: Sequence) -> None:
+        seen.append(REQUEST.get())
+
+    async def request(name: str, prefix: str) -> None:
+        REQUEST.set(name)
+        await Coalescer(publish, max_tweets=1000).submit(tweets(1, prefix))
+
+    await asyncio.wait_for(asyncio.gather(request("first", "a"), request("second", "b")), 1)
+    assert seen == [None, None]
