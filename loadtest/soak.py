@@ -39,7 +39,7 @@ def after_warmup(samples: list[Sample], warmup_s: float) -> list[Sample]:
     return [s for s in samples if s["t"] >= warmup_s]
 
 
-def rss_drift(samples: list[Sample], tolerance: float = 0.15) -> dict[str, Any]:
+def rss_drift(samples: list[Sample], tolerance: float = procs.RSS_TOLERANCE) -> dict[str, Any]:
     """Per process: the largest relative change of its RSS against the first sample
     (the end of the warm-up); ok if every one stays within ``tolerance``."""
     if not samples:

@@ -21,6 +21,8 @@ SERVER_NAMES = {
     "raylet": "ray:raylet",
 }
 RABBITMQ_PARTS = ("beam.smp", "epmd", "erl_child_setup", "inet_gethost", "rabbit")
+RSS_TOLERANCE = 0.15
+"""Bounded memory, as issue 20 puts it: a process's RSS within +-15 % (the soak, overload)."""
 
 
 def label(cmdline: list[str], name: str) -> str:

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench import procs
 from loadtest.bench.variants import SCALED_KEYS
 
 Report = dict[str, Any]
@@ -99,7 +100,7 @@ def _overload_rows(results: dict[str, Any]) -> list[Row | None]:
 
 
 RECOVERY_TARGET = "overload: latency normal again <= 5 s after the load drops"
-RSS_GROWTH_LIMIT = 1.15
+RSS_GROWTH_LIMIT = 1 + procs.RSS_TOLERANCE
 """Overload: a process's RSS after the run at most this x before (as in ``make soak``)..."""
 RSS_SLACK_MIB = 32.0
 """...or at most this much more (a small process's allocator noise is not growth)."""
@@ -126,9 +127,7 @@ def _retry_after(run: dict[str, Any]) -> Row:
 def _memory_bounded(run: dict[str, Any]) -> Row:
     """The largest process of each label after the run against before (a label's RSS
     summed would count a replica the autoscaler added as growth)."""
-    before, after = run["rss_before_mib"], run["rss_after_mib"]
-    peak_before = run.get("rss_largest_before_mib", before)
-    peak_after = run.get("rss_largest_after_mib", after)
+    peak_before, peak_after = run["rss_largest_before_mib"], run["rss_largest_after_mib"]
     grown = {
         name: (peak_before[name], mib)
         for name, mib in peak_after.items()

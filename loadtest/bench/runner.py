@@ -140,7 +140,7 @@ class Bench:
         released_at = time.time()
         recorder = measure.TotalsRecorder(self.counters)
         recorder.target = (before[0] + out["accepted"], before[1] + out["accepted"])
-        done_r, done_v = await recorder.run(a.drain_timeout)
+        await recorder.run(a.drain_timeout)
         await asyncio.sleep(a.settle)
         after = await self.counters.totals()
         out.update(accepted_load=out["accepted"], backlog_before=None)
