@@ -1,50 +1,47 @@
-"""RabbitMQ on a small filesystem that fills up: its disk alarm must turn into 503s, never
-a lost 202, and clear once space is back.
+"""A broker on a small filesystem that fills up: the full disk must turn into 503s, never
+a lost 202, and everything must flow again once space is back.
 
-For the round, RabbitMQ's data directory (``<state>/rabbitmq/mnesia``) lives on a tmpfs at
-``STAGE`` sized to its data plus ``HEADROOM_MB``: RabbitMQ is stopped (devstack's own stop),
-its data copied onto the tmpfs, which is bind-mounted over the data directory, and RabbitMQ
-started again. The
-fault writes ``FILLER`` until less than its disk limit (50 MB, RabbitMQ's default) is free,
-holds the alarm past the publish deadline and deletes the filler. Afterwards RabbitMQ is
-stopped, the tmpfs content (the queues as they are now, dead letters included) replaces the
-data directory (copy beside it, then two renames), both mounts are removed by exact path and
-RabbitMQ started again. After each restart the round waits until the dead-letter queue
-reads the depth it had before (a quorum queue reads empty while it replays its log), so the
-dead-letter counts before and after the round compare like with like. A killed run leaves
-the mounts behind: the next run finds them by path and restores the same way.
+For a round, a broker's data directory lives on a tmpfs of its own (:class:`SmallDisk`) sized
+to its data plus some headroom: the broker is stopped (devstack's own stop), its data copied
+onto the tmpfs, which is bind-mounted over the data directory, and the broker started again.
+The fault writes a filler file into the data directory. Afterwards the broker is stopped, the
+tmpfs content (its data as it is now, dead letters included) replaces the data directory
+(copy beside it, then two renames), both mounts are removed by exact path and the broker
+started again. A killed run leaves the mounts behind: the next run finds them by path and
+restores the same way.
 
-Kafka is not put on a full disk here: with its one log directory full, the single broker
-takes itself offline, which is `kafka_kill` again after a log recovery, and its ~300 MB of
-data would have to be copied twice per round.
+- RabbitMQ (``rabbitmq_disk_full``): filled to 20 MB free, below its disk limit (50 MB, the
+  default): the disk alarm blocks publishers while it holds, past the publish deadline;
+  then the filler is deleted and the alarm clears. After each restart the round waits until
+  the dead-letter queue reads the depth it had before (a quorum queue reads empty while it
+  replays its log), so the dead-letter counts before and after compare like with like.
+- Kafka (``kafka_disk_full``): filled to the last byte. Kafka has no disk alarm: an append
+  (a tweet, a commit, its own metadata log) fails with "No space left on device", the log
+  directory is marked failed, and a broker whose every log directory has failed halts. The
+  round holds the full disk past the publish deadline, deletes the filler and starts Kafka
+  again, as an operator or Kubernetes would; Kafka recovers its logs from what is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import stack
+from devstack import procs, stack
 from devstack.config import stack_config
 from devstack.waits import apoll
 from loadtest.chaos.core import Context, rabbitmq_dead_letters, rabbitmq_recovered, settings
 
-DATA = stack_config.state_dir / "rabbitmq" / "mnesia"
-STAGE = Path("/tmp/weather-chaos-rabbitmq-disk")
-FILLER = DATA / "chaos-filler"
-NEW = DATA.with_name("mnesia.chaos-new")
-OLD = DATA.with_name("mnesia.chaos-old")
-HEADROOM_MB = 110
-"""Free space on the tmpfs once the data is on it: above RabbitMQ's disk limit (50 MB), so
-the alarm rises only when the round fills the disk, and clears once the filler is gone."""
 LEAVE_FREE_MB = 20
-"""Free space left by the filler: below RabbitMQ's default disk_free_limit (50 MB)."""
+"""Free space the filler leaves RabbitMQ: below its default disk_free_limit (50 MB)."""
 
 
 def _mount(*args: str) -> None:
@@ -57,91 +54,159 @@ def mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def _free_mb(path: Path) -> float:
+def free_mb(path: Path) -> float:
     return shutil.disk_usage(path).free / 2**20
 
 
-def tmpfs_mb(data: Path) -> int:
-    """The tmpfs for ``data``: its current size plus :data:`HEADROOM_MB`. A fixed size fails
-    once the queues grow (161,000 dead letters of earlier runs took 122 MB of a 160 MB
-    tmpfs, under the limit before the round began, and the alarm could never clear)."""
-    used = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and not f.is_symlink())
-    return int(used / 2**20) + HEADROOM_MB
+def data_mb(data: Path) -> int:
+    """The data's size in MB (symlinks not followed)."""
+    files = (f for f in data.rglob("*") if f.is_file() and not f.is_symlink())
+    return int(sum(f.stat().st_size for f in files) / 2**20)
 
 
-def onto_tmpfs() -> None:
-    """RabbitMQ stopped, its data on a fresh tmpfs bind-mounted over the data directory."""
-    stack.stop("rabbitmq")
-    STAGE.mkdir(exist_ok=True)
-    _mount("mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb(DATA)}m,mode=0755", "tmpfs", str(STAGE))
-    shutil.copytree(DATA, STAGE, dirs_exist_ok=True, symlinks=True)
-    _mount("mount", "--bind", str(STAGE), str(DATA))
-    stack.start("rabbitmq")
+@dataclass(frozen=True)
+class SmallDisk:
+    """One server's data directory moved onto a tmpfs of its own for a round, and back."""
+
+    server: str
+    data: Path
+    headroom_mb: int
+    """Free space on the tmpfs once the data is on it, before the round fills it."""
+
+    @property
+    def stage(self) -> Path:
+        return Path(f"/tmp/weather-chaos-{self.server}-disk")
+
+    @property
+    def filler(self) -> Path:
+        return self.data / "chaos-filler"
+
+    @property
+    def new(self) -> Path:
+        return self.data.with_name(f"{self.data.name}.chaos-new")
+
+    @property
+    def old(self) -> Path:
+        return self.data.with_name(f"{self.data.name}.chaos-old")
+
+    def tmpfs_mb(self) -> int:
+        """The data's current size plus the headroom. A fixed size fails once the data grows
+        (161,000 dead letters of earlier runs took 122 MB of a 160 MB tmpfs, under
+        RabbitMQ's limit before the round began, and the alarm could never clear)."""
+        return data_mb(self.data) + self.headroom_mb
+
+    def is_on_tmpfs(self) -> bool:
+        return mounted(self.data)
+
+    def onto_tmpfs(self) -> None:
+        """The server stopped, its data on a fresh tmpfs bind-mounted over its directory."""
+        stack.stop(self.server)
+        self.stage.mkdir(exist_ok=True)
+        size = f"size={self.tmpfs_mb()}m,mode=0755"
+        _mount("mount", "-t", "tmpfs", "-o", size, "tmpfs", str(self.stage))
+        shutil.copytree(self.data, self.stage, dirs_exist_ok=True, symlinks=True)
+        _mount("mount", "--bind", str(self.stage), str(self.data))
+        stack.start(self.server)
+
+    def back_to_disk(self) -> list[str]:
+        """Undo :meth:`onto_tmpfs` from whatever state it (or a killed run) left; returns
+        the steps taken (nothing when nothing of ours is there)."""
+        steps: list[str] = []
+        if mounted(self.data) or mounted(self.stage) or self.new.exists() or self.old.exists():
+            stack.stop(self.server)
+            steps.append(f"stopped {self.server}")
+        if mounted(self.data):
+            self.filler.unlink(missing_ok=True)
+            if self.new.exists():
+                shutil.rmtree(self.new)
+            shutil.copytree(self.data, self.new, symlinks=True)  # the data as the server left it
+            _mount("umount", str(self.data))
+            steps.append("copied the tmpfs data beside the data directory; unmounted the bind")
+        if mounted(self.stage):
+            _mount("umount", str(self.stage))
+            steps.append(f"unmounted {self.stage}")
+        if self.new.exists():
+            if self.old.exists():
+                shutil.rmtree(self.old)
+            self.data.rename(self.old)
+            self.new.rename(self.data)
+            steps.append("data directory replaced by the round's data")
+        if self.old.exists() and self.data.exists():
+            shutil.rmtree(self.old)
+        elif self.old.exists():
+            self.old.rename(self.data)
+        with contextlib.suppress(OSError):
+            self.stage.rmdir()
+        if steps:
+            stack.start(self.server)
+            steps.append(f"started {self.server}")
+        return steps
+
+    def fill(self, leave_free_mb: int) -> int:
+        """Write the filler until ``leave_free_mb`` is left (0: until the filesystem refuses
+        a write, the server's own writes racing it); returns the MB written. Only ever on
+        the round's tmpfs: the host's disks are never filled."""
+        assert mounted(self.data), f"{self.data} is not on the round's tmpfs"
+        chunk = b"\0" * 2**16
+        written = 0
+        with open(self.filler, "wb", buffering=0) as fh:
+            try:
+                while free_mb(self.data) > leave_free_mb:
+                    written += fh.write(chunk) or 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+        return written // 2**20
+
+    def free_filler(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+RABBITMQ = SmallDisk("rabbitmq", stack_config.state_dir / "rabbitmq" / "mnesia", headroom_mb=110)
+"""Headroom above RabbitMQ's disk limit (50 MB): the alarm rises only when the round fills
+the disk, and clears once the filler is gone."""
+KAFKA = SmallDisk("kafka", stack_config.state_dir / "kafka" / "data", headroom_mb=64)
+DISKS = (RABBITMQ, KAFKA)
 
 
 def back_to_disk() -> list[str]:
-    """Undo :func:`onto_tmpfs` from whatever state it (or a killed run) left; returns the
-    steps taken (nothing when nothing of ours is there)."""
-    steps: list[str] = []
-    if mounted(DATA) or mounted(STAGE) or NEW.exists() or OLD.exists():
-        stack.stop("rabbitmq")
-        steps.append("stopped rabbitmq")
-    if mounted(DATA):
-        FILLER.unlink(missing_ok=True)
-        if NEW.exists():
-            shutil.rmtree(NEW)
-        shutil.copytree(DATA, NEW, symlinks=True)  # the data as RabbitMQ left it
-        _mount("umount", str(DATA))
-        steps.append("copied the tmpfs data beside the data directory; unmounted the bind")
-    if mounted(STAGE):
-        _mount("umount", str(STAGE))
-        steps.append(f"unmounted {STAGE}")
-    if NEW.exists():
-        if OLD.exists():
-            shutil.rmtree(OLD)
-        DATA.rename(OLD)
-        NEW.rename(DATA)
-        steps.append("data directory replaced by the round's data")
-    if OLD.exists() and DATA.exists():
-        shutil.rmtree(OLD)
-    elif OLD.exists():
-        OLD.rename(DATA)
-    with contextlib.suppress(OSError):
-        STAGE.rmdir()
-    if steps:
-        stack.start("rabbitmq")
-        steps.append("started rabbitmq")
-    return steps
+    """Every server's data back on its own disk (what a killed run may have left)."""
+    return [step for small in DISKS for step in small.back_to_disk()]
 
 
 @contextlib.asynccontextmanager
-async def small_disk(ctx: Context) -> AsyncIterator[None]:
-    """The round runs with RabbitMQ's data on a small tmpfs; put back even on failure."""
-    ctx.notes["leftover_restored"] = await asyncio.to_thread(back_to_disk)
+async def _on_tmpfs(small: SmallDisk, ctx: Context) -> AsyncIterator[None]:
+    """The round runs with ``small``'s data on its tmpfs; put back even on failure."""
+    ctx.notes["leftover_restored"] = await asyncio.to_thread(small.back_to_disk)
     started = time.monotonic()
     try:
-        dead_letters = await rabbitmq_dead_letters()
-        await asyncio.to_thread(onto_tmpfs)
-        if dead_letters is not None:
-            ctx.notes["recovered_on_tmpfs_s"] = await rabbitmq_recovered(dead_letters)
+        await asyncio.to_thread(small.onto_tmpfs)
         ctx.notes["setup_s"] = round(time.monotonic() - started, 1)
         yield
     finally:
-        dead_letters = await rabbitmq_dead_letters()
-        ctx.notes["teardown"] = await asyncio.to_thread(back_to_disk)
-        ctx.checks["mounts_removed"] = not (mounted(DATA) or mounted(STAGE))
-        if dead_letters is not None:  # the next round's snapshot must not see it recovering
-            ctx.notes["recovered_on_disk_s"] = await rabbitmq_recovered(dead_letters)
+        ctx.notes["teardown"] = await asyncio.to_thread(small.back_to_disk)
+        ctx.checks["mounts_removed"] = not (mounted(small.data) or mounted(small.stage))
 
 
-def _fill() -> int:
-    """Write the filler until ``LEAVE_FREE_MB`` is left; returns its MB."""
-    size_mb = max(0, int(_free_mb(DATA) - LEAVE_FREE_MB))
-    chunk = b"\0" * 2**20
-    with open(FILLER, "wb") as fh:
-        for _ in range(size_mb):
-            fh.write(chunk)
-    return size_mb
+@contextlib.asynccontextmanager
+async def rabbitmq_small_disk(ctx: Context) -> AsyncIterator[None]:
+    """RabbitMQ on its tmpfs, each restart waited for until its dead letters read back."""
+    dead_letters = await rabbitmq_dead_letters()
+    async with _on_tmpfs(RABBITMQ, ctx):
+        if dead_letters is not None:
+            ctx.notes["recovered_on_tmpfs_s"] = await rabbitmq_recovered(dead_letters)
+        try:
+            yield
+        finally:
+            dead_letters = await rabbitmq_dead_letters()
+    if dead_letters is not None:  # the next round's snapshot must not see it recovering
+        ctx.notes["recovered_on_disk_s"] = await rabbitmq_recovered(dead_letters)
+
+
+@contextlib.asynccontextmanager
+async def kafka_small_disk(ctx: Context) -> AsyncIterator[None]:
+    async with _on_tmpfs(KAFKA, ctx):
+        yield
 
 
 def _alarms_now() -> str:
@@ -156,16 +221,40 @@ async def _alarms() -> str:
 
 async def rabbitmq_disk_full(ctx: Context) -> None:
     """Fill RabbitMQ's filesystem, hold the disk alarm past the publish deadline, free it."""
-    assert mounted(DATA), "the data directory is not on the round's tmpfs"
     held_s = settings.publish_timeout_s + 3
     try:
-        ctx.notes["filler_mb"] = await asyncio.to_thread(_fill)
+        ctx.notes["filler_mb"] = await asyncio.to_thread(RABBITMQ.fill, LEAVE_FREE_MB)
         alarm = await apoll(_alarms, lambda a: "disk" in a, timeout=20, every=0.5)
         ctx.checks["disk_alarm_raised"] = "disk" in alarm
-        ctx.notes["free_mb_filled"] = round(_free_mb(DATA), 1)
+        ctx.notes["free_mb_filled"] = round(free_mb(RABBITMQ.data), 1)
         await asyncio.sleep(held_s)
     finally:
-        FILLER.unlink(missing_ok=True)
+        RABBITMQ.free_filler()
     cleared = await apoll(_alarms, lambda a: "disk" not in a, timeout=60, every=0.5)
     ctx.checks["disk_alarm_cleared"] = "disk" not in cleared
     ctx.notes["held_s"] = held_s
+
+
+async def kafka_disk_full(ctx: Context) -> None:
+    """Fill Kafka's filesystem to the last byte, hold it past the publish deadline, free it,
+    and start Kafka again if the full disk stopped it."""
+    pid = stack.get("kafka").pid()
+    assert pid, "kafka is not running"
+    held_s = settings.publish_timeout_s + 3
+
+    async def halted() -> bool:
+        return not procs.alive(pid)
+
+    filled_at = time.monotonic()
+    try:
+        ctx.notes["filler_mb"] = await asyncio.to_thread(KAFKA.fill, 0)
+        if await apoll(halted, timeout=held_s, every=0.2):
+            ctx.notes["kafka_halted_after_s"] = round(time.monotonic() - filled_at, 1)
+        await asyncio.sleep(max(0.0, held_s - (time.monotonic() - filled_at)))
+    finally:
+        KAFKA.free_filler()
+    ctx.notes["held_s"] = round(time.monotonic() - filled_at, 1)
+    ctx.checks["kafka_stopped_on_full_disk"] = not procs.alive(pid)
+    started = time.monotonic()
+    await asyncio.to_thread(stack.start, "kafka")
+    ctx.notes["restart_s"] = round(time.monotonic() - started, 1)

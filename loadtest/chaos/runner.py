@@ -53,7 +53,10 @@ ROUNDS: dict[str, Round] = {
     "redis_partition": Round(network.redis_partition),
     "valkey_partition": Round(network.valkey_partition),
     "rabbitmq_disk_full": Round(
-        disk.rabbitmq_disk_full, setup=disk.small_disk, refusals_expected=True
+        disk.rabbitmq_disk_full, setup=disk.rabbitmq_small_disk, refusals_expected=True
+    ),
+    "kafka_disk_full": Round(
+        disk.kafka_disk_full, setup=disk.kafka_small_disk, refusals_expected=True
     ),
     "redis_outage_retention": Round(
         retention.redis_outage_retention,

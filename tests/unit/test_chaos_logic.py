@@ -223,7 +223,7 @@ def test_actors_run_only_when_every_one_reports_the_version() -> None:
 def test_rounds_and_quick_subset() -> None:
     assert set(QUICK) <= set(ROUNDS)
     for name in ("kafka_partition", "rabbitmq_partition", "redis_partition", "valkey_partition",
-                 "rabbitmq_disk_full", "redis_outage_retention", "hostile_messages",
+                 "rabbitmq_disk_full", "kafka_disk_full", "redis_outage_retention", "hostile_messages",
                  "kafka_outage_poison", "consumers_setting"):  # fmt: skip
         assert name in ROUNDS
 
@@ -236,5 +236,25 @@ def test_the_disk_round_sizes_its_tmpfs_to_the_data_plus_headroom(tmp_path) -> N
     (tmp_path / "quorum" / "segment").write_bytes(b"\0" * (3 * 2**20))
     (tmp_path / "schema.DAT").write_bytes(b"\0" * 2**20)
     (tmp_path / "link").symlink_to(tmp_path / "schema.DAT")
-    assert disk.tmpfs_mb(tmp_path) == 4 + disk.HEADROOM_MB
-    assert disk.LEAVE_FREE_MB < 50 < disk.HEADROOM_MB  # RabbitMQ's disk limit in between
+    small = disk.SmallDisk("rabbitmq", tmp_path, headroom_mb=disk.RABBITMQ.headroom_mb)
+    assert small.tmpfs_mb() == 4 + disk.RABBITMQ.headroom_mb
+    assert disk.LEAVE_FREE_MB < 50 < disk.RABBITMQ.headroom_mb  # RabbitMQ's limit in between
+
+
+def test_each_broker_has_its_own_tmpfs_and_side_directories() -> None:
+    """A killed run is found again by exact paths; two brokers must never share one."""
+    paths = [
+        (small.data, small.stage, small.new, small.old, small.filler) for small in disk.DISKS
+    ]
+    flat = [path for group in paths for path in group]
+    assert len(set(flat)) == len(flat)
+    assert disk.KAFKA.new == disk.KAFKA.data.with_name("data.chaos-new")
+    assert disk.KAFKA.filler.parent == disk.KAFKA.data  # on the tmpfs, never beside it
+    assert str(disk.KAFKA.stage).startswith("/tmp/weather-chaos-")
+
+
+def test_the_filler_refuses_to_write_outside_the_rounds_tmpfs(tmp_path) -> None:
+    """Filling is only ever done on the round's own tmpfs, never on a host disk."""
+    with pytest.raises(AssertionError, match="not on the round's tmpfs"):
+        disk.SmallDisk("kafka", tmp_path, headroom_mb=1).fill(0)
+    assert not (tmp_path / "chaos-filler").exists()
