@@ -243,9 +243,7 @@ def test_the_disk_round_sizes_its_tmpfs_to_the_data_plus_headroom(tmp_path) -> N
 
 def test_each_broker_has_its_own_tmpfs_and_side_directories() -> None:
     """A killed run is found again by exact paths; two brokers must never share one."""
-    paths = [
-        (small.data, small.stage, small.new, small.old, small.filler) for small in disk.DISKS
-    ]
+    paths = [(small.data, small.stage, small.new, small.old, small.filler) for small in disk.DISKS]
     flat = [path for group in paths for path in group]
     assert len(set(flat)) == len(flat)
     assert disk.KAFKA.new == disk.KAFKA.data.with_name("data.chaos-new")
