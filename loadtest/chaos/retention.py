@@ -12,9 +12,10 @@ The broker deletes by a periodic check (``log.retention.check.interval.ms``, 5 m
 local stack, not a dynamic setting), so whether a check falls inside the 45 s outage of
 ``redis_outage_retention`` is chance; it records the unread records Kafka deleted (the log
 start past the group's committed offset). ``redis_outage_past_retention_check`` keeps Redis
-down until such a deletion happened (at most one check interval past the retention), after
-a 12 s load that ends before admission refuses: then Redis must report exactly the deleted
-records as skipped (``tweets:skipped``), short by their tweets, while Valkey has them all.
+down until such a deletion happened (at most one check interval past the retention), under
+a short load that ends well before admission refuses (:data:`SHORT_LOAD_S`): then Redis
+must report exactly the deleted records as skipped (``tweets:skipped``), short by their
+tweets, while Valkey has them all.
 
 Everything changed is written to ``STATE`` first and put back afterwards, also on failure
 and, after a killed run, at the next start.
@@ -35,7 +36,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devstack import serve_ops, stack
 from devstack.config import stack_config
-from loadtest.chaos.core import Context, health, settings, topic_partitions
+from loadtest.chaos.core import FAULT_AT_S, Context, health, settings, topic_partitions
 from loadtest.counters import Counters
 from serve_app.store.core import KEYS
 
@@ -46,6 +47,11 @@ DOWN_S = RETENTION_MS / 1000 + 15
 CHECK_INTERVAL_S = 300
 """log.retention.check.interval.ms of the local Kafka (devstack/servers/kafka.py)."""
 LONG_DOWN_S = RETENTION_MS / 1000 + CHECK_INTERVAL_S + 30
+SHORT_LOAD_S = FAULT_AT_S + STALL_S / 2
+"""The load of ``redis_outage_past_retention_check``: it ends half the stall limit after
+Redis stopped, so no request meets the refusal (the stall clock may start a reading or two
+before the stop, when the lag merely grew; 9 s after the stop was not enough once: 25
+requests were refused and, Redis being down for minutes, gave up)."""
 STATE = stack_config.state_dir / "chaos-retention.json"
 DYNAMIC_TOPIC_CONFIG = 1
 """DescribeConfigs' config_source of a topic's own override."""

@@ -68,7 +68,7 @@ ROUNDS: dict[str, Round] = {
     "redis_outage_past_retention_check": Round(
         retention.redis_outage_past_retention_check,
         setup=retention.short_retention_repaired,
-        load_s=12.0,
+        load_s=retention.SHORT_LOAD_S,
         skips_allowed=True,
     ),
     "hostile_messages": Round(

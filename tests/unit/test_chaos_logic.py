@@ -10,7 +10,7 @@ import pamqp.encode
 import pytest
 
 from loadtest.chaos import disk, hostile, network, processes, retention
-from loadtest.chaos.core import Tally, failures, grown, longest_pause, ours, same_breakdowns
+from loadtest.chaos.core import FAULT_AT_S, Tally, failures, grown, longest_pause, ours, same_breakdowns
 from loadtest.chaos.runner import QUICK, ROUNDS
 from serve_app.model.codec import decode_message
 from serve_app.store.core import fingerprint, wins
@@ -256,3 +256,11 @@ def test_the_filler_refuses_to_write_outside_the_rounds_tmpfs(tmp_path) -> None:
     with pytest.raises(AssertionError, match="not on the round's tmpfs"):
         disk.SmallDisk("kafka", tmp_path, headroom_mb=1).fill(0)
     assert not (tmp_path / "chaos-filler").exists()
+
+
+def test_the_long_retention_round_stops_sending_well_before_admission_refuses() -> None:
+    """Requests refused there are retried for 120 s and give up (Redis stays down for
+    minutes): the load must end with half the stall limit to spare after Redis stops."""
+    spec = ROUNDS["redis_outage_past_retention_check"]
+    after_stop_s = spec.load_s - FAULT_AT_S
+    assert 0 < after_stop_s <= retention.STALL_S / 2
