@@ -10,7 +10,15 @@ import pamqp.encode
 import pytest
 
 from loadtest.chaos import disk, hostile, network, processes, retention
-from loadtest.chaos.core import FAULT_AT_S, Tally, failures, grown, longest_pause, ours, same_breakdowns
+from loadtest.chaos.core import (
+    FAULT_AT_S,
+    Tally,
+    failures,
+    grown,
+    longest_pause,
+    ours,
+    same_breakdowns,
+)
 from loadtest.chaos.runner import QUICK, ROUNDS
 from serve_app.model.codec import decode_message
 from serve_app.store.core import fingerprint, wins
