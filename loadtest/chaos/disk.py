@@ -95,9 +95,6 @@ class SmallDisk:
         RabbitMQ's limit before the round began, and the alarm could never clear)."""
         return data_mb(self.data) + self.headroom_mb
 
-    def is_on_tmpfs(self) -> bool:
-        return mounted(self.data)
-
     def onto_tmpfs(self) -> None:
         """The server stopped, its data on a fresh tmpfs bind-mounted over its directory."""
         stack.stop(self.server)
