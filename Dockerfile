@@ -13,13 +13,24 @@ FROM ${RAY_IMAGE}
 
 WORKDIR /home/ray/weather-pipeline
 
-# Sources only (see .dockerignore): pyproject.toml, README.md, serve_app (with serve_app/pb),
-# proto. No devstack, no loadtest and no locust: `pip install .` installs the runtime
-# dependencies and packages serve_app only (load tooling is the `load` extra).
+# Sources only (see .dockerignore): pyproject.toml, uv.lock, uvlock.py, README.md, serve_app
+# (with serve_app/pb), proto. No devstack, no loadtest and no locust.
 COPY --chown=1000:100 . .
 
+# Every runtime dependency at the version and hash uv.lock pins (the test and load extras
+# and the dev group stay out), then this package's wheel, built by the setuptools version
+# the lock has (pyproject's build-constraint-dependencies). uv is the one
+# the lock pins, installed by pip with the lock's hashes (uvlock.py) and removed after.
 # Checked from / so the installed package (not the sources) must contain the gRPC stubs.
-RUN pip install --no-cache-dir . \
+RUN python uvlock.py bootstrap /tmp/uv \
+ && export UV_SYSTEM_CERTS=1 \
+ && /tmp/uv/bin/uv export --frozen --no-dev --no-emit-project --format requirements.txt \
+      --output-file /tmp/requirements.txt --quiet \
+ && /tmp/uv/bin/uv pip install --no-cache --python "$(command -v python)" \
+      --require-hashes -r /tmp/requirements.txt \
+ && /tmp/uv/bin/uv build --wheel --out-dir /tmp/dist --quiet \
+ && /tmp/uv/bin/uv pip install --no-cache --python "$(command -v python)" --no-deps /tmp/dist/*.whl \
+ && rm -rf /tmp/uv /tmp/dist /tmp/requirements.txt build *.egg-info \
  && cd / && python -c "import ray, serve_app.settings, serve_app.store, serve_app.pb.weather.v1.weather_pb2_grpc; assert ray.__version__ == '2.60.0', ray.__version__"
 
 # Run from a neutral directory so Ray imports the installed package, not the sources.

@@ -6,12 +6,12 @@ SHELL := /bin/bash
 
 VENV    := .venv
 PY      := $(VENV)/bin/python
-PIP     := $(VENV)/bin/pip
 STAMP   := $(VENV)/.installed
+UV      := .devstack/uv/bin/uv
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help unit install apt purge-rabbitmq venv jars up down status redeploy test lint generate check-generated cluster-build cluster-test cluster-down fuzz
+.PHONY: help unit install apt purge-rabbitmq venv lock jars up down status redeploy test lint proto screenshot generate check-generated cluster-build cluster-test cluster-down fuzz
 
 help:
 	@echo "make unit | install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench | soak"
@@ -30,16 +30,27 @@ purge-rabbitmq:
 	DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq rabbitmq-server 'erlang-*' >/dev/null
 	DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null
 
-$(PY):
-	$(SYS_PY) -m venv $(VENV)
+# uv.lock is the one lock (hashes for every package): install never resolves. uv itself is
+# the version the lock pins, installed by pip with the lock's hashes (uvlock.py). uv finds
+# this machine's CA store (a TLS-inspecting proxy's CA included) with UV_SYSTEM_CERTS.
+export UV_SYSTEM_CERTS := 1
+export UV_PYTHON := $(SYS_PY)
 
-# Reinstall only when pyproject.toml changed (editable install: Ray workers import it).
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,load]'
+$(UV): uv.lock uvlock.py
+	$(SYS_PY) uvlock.py bootstrap .devstack/uv
+
+# Reinstall only when the lock changed (editable install: Ray workers import it).
+# --locked: fail, rather than re-resolve, when pyproject.toml and uv.lock disagree.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --quiet --extra test --extra load
 	touch $@
 
 venv: $(STAMP)
+
+# Re-resolve every dependency on purpose (the only target that changes uv.lock); then
+# `make proto` if grpcio-tools moved, and commit both.
+lock: $(UV)
+	$(UV) lock --upgrade
 
 jars: $(STAMP)
 	$(DEVSTACK) fetch
@@ -87,11 +98,14 @@ cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack.cluster down; fi
 
 # --- generated files (committed; tests fail when they drift) --------------------------
-generate: venv
-	$(PY) -m serve_app.protogen
+generate: proto
 	$(PY) -m kuberay.render
 	$(PY) -m grafana.dashboard
 	$(PY) -m grafana.ray_dashboards
+
+# The gRPC stubs in serve_app/pb, from proto/ by the locked grpcio-tools.
+proto: venv
+	$(PY) -m serve_app.protogen
 
 # Property-based fuzzing of every interface (tests/test_fuzz_*.py): REST (our strategies and
 # schemathesis over /openapi.json) and gRPC against the running stack, plus the consumers'
@@ -101,6 +115,12 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: venv
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p tests.support.fuzzing -m fuzz \
 		tests/fuzz
+
+# Refresh docs/screenshot-dashboard.png from the running stack (the browser test, told where
+# to save its screenshot; by default it keeps it in a temporary folder).
+screenshot: up
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/screenshot-dashboard.png $(VENV)/bin/pytest -q \
+		tests/stack/test_browser.py
 
 # ruff, and the import contracts of pyproject.toml (which stage may import what).
 lint: venv

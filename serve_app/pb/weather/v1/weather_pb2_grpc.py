@@ -5,7 +5,7 @@ import warnings
 
 from serve_app.pb.weather.v1 import weather_pb2 as serve__app_dot_pb_dot_weather_dot_v1_dot_weather__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
