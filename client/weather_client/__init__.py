@@ -1,0 +1,1 @@
+"""Reference client of the weather-tweet pipeline (importable without Ray)."""
