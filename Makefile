@@ -11,22 +11,24 @@ UV      := .devstack/uv/bin/uv
 DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
-.PHONY: help unit install apt purge-rabbitmq venv lock jars up down status redeploy test lint proto screenshot generate check-generated cluster-build cluster-test cluster-down fuzz
+.PHONY: help unit install apt purge-rabbitmq venv lock jars up down status redeploy test lint \
+	docs proto screenshot generate cluster-build cluster-test cluster-down fuzz
 
-help:
-	@echo "make unit | install | up | down | status | redeploy | test | fuzz | lint | generate | load | bench | soak"
+help:  ## List every target with what it does
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z-]+:[^#=]*## / {printf "  %-16s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
 
 # --- install -------------------------------------------------------------------------
-install: apt venv jars
+install: apt venv jars  ## Install what the stack needs: Debian packages, the locked Python env, Kafka's jars
 
 # apt-get only what is missing; the packages' own services (and the epmd daemon the
 # rabbitmq-server package leaves behind) are stopped: devstack runs its own servers.
-apt:
+apt:  ## Install the missing Debian packages (servers, browser, container runtime)
 	@SYS_PY=$(SYS_PY) devstack/install-packages.sh
 
 # CI's fresh-machine path: remove RabbitMQ and Erlang so the next `make up` installs them
 # the way a new machine does (see .ci/run).
-purge-rabbitmq:
+purge-rabbitmq:  ## Remove RabbitMQ and Erlang (CI's fresh-machine path)
 	DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq rabbitmq-server 'erlang-*' >/dev/null
 	DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null
 
@@ -45,39 +47,39 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --quiet --extra test --extra load
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP)  ## The Python env in .venv, exactly as uv.lock pins it
 
 # Re-resolve every dependency on purpose (the only target that changes uv.lock); then
 # `make proto` if grpcio-tools moved, and commit both.
-lock: $(UV)
+lock: $(UV)  ## Re-resolve every Python dependency into uv.lock (on purpose only)
 	$(UV) lock --upgrade
 
-jars: $(STAMP)
+jars: $(STAMP)  ## Fetch Kafka's jars (checked against their published hashes)
 	$(DEVSTACK) fetch
 
 # --- stack ---------------------------------------------------------------------------
 # NODES=3: a head and two worker Ray nodes on this machine (after `make down`).
-up: install
+up: install  ## Start the local stack: Kafka, RabbitMQ, Redis, Valkey, Ray Serve (NODES=3 for 3 Ray nodes)
 	$(if $(NODES),DEVSTACK_RAY_NODES=$(NODES)) $(DEVSTACK) up
 	@$(DEVSTACK) endpoints
 
-down:
+down:  ## Stop the local stack, by pid
 	@if [ -x $(PY) ]; then $(DEVSTACK) down; fi
 
-status:
+status:  ## Show what the local stack runs and where
 	@$(DEVSTACK) status
 
 # Serve does not notice code changes on `serve deploy` of an unchanged config: after
 # editing serve_app/, shut the applications down and deploy them again.
-redeploy: install
+redeploy: install  ## Deploy the Serve applications again after editing serve_app/
 	$(DEVSTACK) redeploy
 
 # --- checks --------------------------------------------------------------------------
 # The fast tests: pure logic, no server and no Ray (tests/unit, well under a minute).
-unit: venv
+unit: venv  ## The fast tests: pure logic, no server and no Ray
 	$(VENV)/bin/pytest -q tests/unit
 
-test: up cluster-build
+test: up cluster-build  ## Every test against the real stack and a real Kubernetes control plane and node
 	$(VENV)/bin/pytest -q
 
 # Kubernetes fidelity (tests/cluster/, also part of `make test`): a loopback control plane
@@ -86,25 +88,25 @@ test: up cluster-build
 # CNI bridge, kubelet, kube-proxy, CoreDNS) runs the RayService in real pods from the image
 # built from ./Dockerfile (test_pods.py). Go binaries and images are built once into
 # .devstack/cluster (cold: ~15-25 min on 2 cores, most of it Go; then seconds).
-cluster-build: venv
+cluster-build: venv  ## Build the cluster's Go binaries and container images (cached)
 	$(PY) -m devstack.cluster build
 
-cluster-test: apt cluster-build
+cluster-test: apt cluster-build  ## Only the Kubernetes tests (tests/cluster)
 	$(VENV)/bin/pytest -q tests/cluster
 
 # Stops, by pid, a cluster (and its node) left by `python -m devstack.cluster up|node-up` or a
 # killed test run, and removes the node's bridge and iptables chains by name.
-cluster-down:
+cluster-down:  ## Stop a cluster left by the cluster tests, by pid
 	@if [ -x $(PY) ]; then $(PY) -m devstack.cluster down; fi
 
 # --- generated files (committed; tests fail when they drift) --------------------------
-generate: proto
+generate: proto  ## Write every generated file again (stubs, manifests, dashboards)
 	$(PY) -m kuberay.render
 	$(PY) -m grafana.dashboard
 	$(PY) -m grafana.ray_dashboards
 
 # The gRPC stubs in serve_app/pb, from proto/ by the locked grpcio-tools.
-proto: venv
+proto: venv  ## The gRPC stubs from proto/ by the locked grpcio-tools
 	$(PY) -m serve_app.protogen
 
 # Property-based fuzzing of every interface (tests/test_fuzz_*.py): REST (our strategies and
@@ -112,18 +114,22 @@ proto: venv
 # decoding offline. FUZZ_EXAMPLES examples per test (>= 10,000 live requests in all);
 # prints the requests sent, by status. `make test` runs the same tests with a few hundred.
 FUZZ_EXAMPLES ?= 2000
-fuzz: venv
+fuzz: venv  ## Property-based fuzzing of every interface (FUZZ_EXAMPLES per test)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p tests.support.fuzzing -m fuzz \
 		tests/fuzz
 
 # Refresh docs/screenshot-dashboard.png from the running stack (the browser test, told where
 # to save its screenshot; by default it keeps it in a temporary folder).
-screenshot: up
+screenshot: up  ## Refresh docs/screenshot-dashboard.png from the running stack
 	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/screenshot-dashboard.png $(VENV)/bin/pytest -q \
 		tests/stack/test_browser.py
 
+# The documentation site (docs/, mkdocs.yml): strict, so a broken link or anchor fails.
+docs: venv  ## Build the documentation site into site/ (strict: broken links fail)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 # ruff, and the import contracts of pyproject.toml (which stage may import what).
-lint: venv
+lint: venv  ## ruff and the import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo

@@ -25,37 +25,37 @@ SOAK_MINUTES ?= 60
 
 .PHONY: load load-ui bench bench-smoke benthos-build soak verify chaos
 
-load: up
+load: up  ## Locust headless for DURATION with USERS, then the zero-loss check
 	$(LOADTEST_PY) -m loadtest.load --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE)
 
 # Interactive: runs until Ctrl-C; the zero-loss check is then yours (GET /stats before/after).
-load-ui: up
+load-ui: up  ## Locust's web UI against the local stack
 	@echo "Locust web UI: http://127.0.0.1:$(LOCUST_WEB_PORT)  (target http://127.0.0.1:8000; Ctrl-C stops)"
 	.venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 \
 	  --web-host 127.0.0.1 --web-port $(LOCUST_WEB_PORT) $(LOCUST_ARGS)
 
 # The anchor's binary, built once (minutes, cold) before any timed step, then cached in
 # .devstack/benthos/bin; bench-smoke runs the anchor only when it is already built.
-benthos-build: venv
+benthos-build: venv  ## Build Benthos v4.27, the benchmark's anchor (cached)
 	$(LOADTEST_PY) -m loadtest.benthos --build-only
 
-bench: up benthos-build
+bench: up benthos-build  ## The benchmark: every scenario, ours beside Benthos, ratios in one run
 	$(LOADTEST_PY) -m loadtest.bench --repeat $(REPEAT) --duration $(BENCH_DURATION) \
 	  --connections $(CONNECTIONS) --batch $(BATCH) $(BENCH_ARGS)
 
-bench-smoke: up
+bench-smoke: up  ## The benchmark's short form (CI-sized)
 	$(LOADTEST_PY) -m loadtest.bench --smoke $(BENCH_ARGS)
 
 # Not in CI: an hour at half the max rate; loadtest/results/soak.json and soak.png.
-soak: up
+soak: up  ## An hour at half the max rate (SOAK_MINUTES)
 	$(LOADTEST_PY) -m loadtest.soak --minutes $(SOAK_MINUTES)
 
 # Redis and Valkey compared key by key (exit 1 naming each difference); waits for a drain.
-verify: venv
+verify: venv  ## Compare Redis and Valkey key by key
 	$(LOADTEST_PY) -m loadtest.verify --wait 60
 
 # Every fault round twice under a retrying load; results in loadtest/results/chaos.json.
 CHAOS_ROUNDS ?=
 CHAOS_REPEAT ?= 2
-chaos: up
+chaos: up  ## Every fault round under load, twice (CHAOS_ROUNDS, CHAOS_REPEAT)
 	$(LOADTEST_PY) -m loadtest.chaos --repeat $(CHAOS_REPEAT) $(if $(CHAOS_ROUNDS),--rounds $(CHAOS_ROUNDS))
