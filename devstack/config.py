@@ -21,8 +21,9 @@ from serve_app.settings import Settings
 LOCALHOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO / "serve_config.yaml"
-RAY_ENV_KEY = "ray_env"
-"""serve_config.yaml's block of Ray/Serve environment settings (not part of Serve's schema)."""
+RAY_ENV = REPO / "ray-env.yaml"
+"""The Ray/Serve environment of every Ray node: read when a node starts, so it is not part of
+the Serve config (which ``serve deploy`` takes as it is)."""
 
 
 class StackConfig(BaseSettings):
@@ -85,8 +86,15 @@ def stack_env() -> dict[str, str]:
     return {**os.environ, "DEVSTACK_DIR": str(stack_config.state_dir)}
 
 
-def ray_env_settings() -> dict[str, str]:
-    """The Ray/Serve environment of serve_config.yaml: one source for the local Ray and
-    the RayService's containers (kuberay/render.py)."""
-    config = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
-    return {name: str(value) for name, value in config.get(RAY_ENV_KEY, {}).items()}
+def ray_env_settings(path: Path = RAY_ENV) -> dict[str, str]:
+    """The Ray/Serve environment of ray-env.yaml: one source for the local Ray and the
+    RayService's containers (kuberay/render.py). Values must be quoted strings, as an
+    environment holds them: YAML would read ``0.5`` or ``yes`` as something else."""
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(settings, dict):
+        kind = type(settings).__name__
+        raise ValueError(f'{path.name}: expected NAME: "value" lines, got a {kind}')
+    wrong = sorted(str(name) for name, value in settings.items() if not isinstance(value, str))
+    if wrong:
+        raise ValueError(f"{path.name}: quote the value of {', '.join(wrong)} (a string)")
+    return dict(settings)

@@ -74,7 +74,7 @@ def ray_env() -> dict[str, str]:
     """The environment of every Ray process and Ray/Serve CLI call of the stack."""
     return {
         **stack_env(),
-        # serve_config.yaml's Ray/Serve knobs, the same the RayService's containers get
+        # ray-env.yaml's Ray/Serve knobs, the same the RayService's containers get
         **ray_env_settings(),
         # Serve's own wildcard listeners bind loopback too (see the module there);
         # the repo comes next so workers import serve_app and loadtest alike.

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from devstack import procs, ray_access
-from devstack.config import LOCALHOST, RAY_ENV_KEY, REPO, SERVE_CONFIG, stack_config
+from devstack.config import LOCALHOST, REPO, SERVE_CONFIG, stack_config
 from devstack.errors import StackError
 from devstack.waits import poll
 
@@ -37,7 +37,6 @@ def local_config(nodes: int | None = None) -> Config:
     one machine the proxies run on the head only (every node's would want the same ports).
     Everything else is the file itself."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
-    config.pop(RAY_ENV_KEY, None)  # Ray's environment, set when Ray starts (ray_access)
     config["http_options"]["host"] = LOCALHOST
     if (nodes or stack_config.ray_nodes) > 1:
         config["proxy_location"] = "HeadOnly"

@@ -33,6 +33,7 @@ from serve_app.settings import Settings  # noqa: E402
 KUBERNETES_VERSION = "1.34.0"
 INFRA = ROOT / "k8s" / "infra"
 KUBERAY = ROOT / "kuberay"
+SERVE_CONFIG = ROOT / "serve_config.yaml"
 # Vendored with its source and version named (tests/vendor/kuberay-v1.7.0/README.md).
 CRD = ROOT / "tests" / "vendor" / "kuberay-v1.7.0" / "ray.io_rayservices.yaml"
 RAY_LABELS = {"app.kubernetes.io/name": "weather-pipeline", "app.kubernetes.io/component": "ray"}
@@ -207,6 +208,59 @@ def test_serve_config_v2_is_serve_config_yaml(rayservice):
     assert rayservice["metadata"]["name"] == serve_render.RAYSERVICE_NAME
 
 
+def test_serve_config_v2_logs_json_and_differs_in_nothing_else(rayservice):
+    """Kubernetes log collectors parse one JSON object per line; the local stack keeps TEXT."""
+    from devstack import serve_ops
+
+    local = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
+    cluster = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    assert local["logging_config"]["encoding"] == "TEXT"
+    assert serve_ops.local_config()["logging_config"]["encoding"] == "TEXT"
+    assert cluster["logging_config"]["encoding"] == "JSON"
+    local["logging_config"]["encoding"] = "JSON"
+    assert cluster == local
+
+
+def test_log_encoding_is_replaced_in_the_top_level_logging_config_only():
+    text = (
+        "applications:\n  - name: a\n    logging_config:\n      encoding: TEXT\n"
+        "logging_config:\n  # why\n  log_level: INFO\n  encoding: TEXT\nproxy_location: x\n"
+    )
+    replaced = yaml.safe_load(serve_render.with_log_encoding(text, "JSON"))
+    assert replaced["logging_config"] == {"log_level": "INFO", "encoding": "JSON"}
+    assert replaced["applications"][0]["logging_config"] == {"encoding": "TEXT"}
+    with pytest.raises(ValueError, match="logging_config"):
+        serve_render.with_log_encoding("logging_config:\n  log_level: INFO\nx: 1\n", "JSON")
+
+
+def _unknown_keys(config: dict[str, Any]) -> list[str]:
+    """Keys Serve's schema does not define (pydantic ignores them, so `serve deploy` would
+    drop them without a word): top level, applications and deployments."""
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    unknown = [k for k in config if k not in ServeDeploySchema.model_fields]
+    for app in config.get("applications", []):
+        unknown += [
+            f"{app['name']}.{k}" for k in app if k not in ServeApplicationSchema.model_fields
+        ]
+        for dep in app.get("deployments", []):
+            fields = DeploymentSchema.model_fields
+            unknown += [f"{app['name']}.{dep['name']}.{k}" for k in dep if k not in fields]
+    return unknown
+
+
+def test_serve_config_yaml_is_a_plain_serve_config():
+    """`serve deploy serve_config.yaml` and `serve run serve_config.yaml` take the file as it
+    is: it validates as Serve's own schema and holds no key that schema would ignore (the Ray
+    environment lives in ray-env.yaml)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
+    ServeDeploySchema.model_validate(config)
+    assert _unknown_keys(config) == []
+    assert _unknown_keys({**config, "ray_env": {}}) == ["ray_env"], "the check itself"
+
+
 def _import_target(dotted: str, sep: str) -> None:
     module_name, _, attr = dotted.rpartition(sep) if sep == "." else dotted.partition(sep)
     module = importlib.import_module(module_name)
@@ -294,8 +348,8 @@ def test_ray_containers_env(kuberay, rayservice):
 
 
 def test_every_ray_setting_of_the_local_stack_reaches_the_rayservice(kuberay, rayservice):
-    """serve_config.yaml's ray_env is the one list of Ray/Serve knobs: the local Ray starts
-    with all of it, and every Ray container of the rendered RayService has the same values."""
+    """ray-env.yaml is the one list of Ray/Serve knobs: the local Ray starts with all of
+    it, and every Ray container of the rendered RayService has the same values."""
     from devstack import ray_access
     from devstack.config import ray_env_settings
 
@@ -313,6 +367,23 @@ def test_every_ray_setting_of_the_local_stack_reaches_the_rayservice(kuberay, ra
         body_limit = env.get("MAX_BODY_BYTES") or str(Settings().max_body_bytes)
         assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == body_limit
     assert "ray_env" not in yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def test_ray_env_values_must_be_strings(tmp_path):
+    """An unquoted 0.5 or yes would reach the environment as YAML made it: refused by name."""
+    from devstack.config import ray_env_settings
+
+    good = tmp_path / "good.yaml"
+    good.write_text('# comment\nRAY_A: "1"\nRAY_B: "0.5"\n')
+    assert ray_env_settings(good) == {"RAY_A": "1", "RAY_B": "0.5"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('RAY_A: "1"\nRAY_B: 0.5\nRAY_C: yes\n')
+    with pytest.raises(ValueError, match="RAY_B, RAY_C"):
+        ray_env_settings(bad)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- RAY_A=1\n")
+    with pytest.raises(ValueError, match="expected NAME"):
+        ray_env_settings(listed)
 
 
 def test_grpc_is_exposed_by_the_operators_serve_service(kuberay, rayservice):
