@@ -4,7 +4,8 @@
 * :class:`RestUser` (Locust's FastHttpUser) POSTs seed-shaped tweets to ``/input`` on the
   Serve HTTP proxy: mostly single tweets, some batches of 10-100.
 * :class:`GrpcUser` calls ``weather.v1.Publisher`` (Publish / PublishBatch) through
-  Serve's gRPC proxy with metadata ``application: ingest``, following Locust's
+  Serve's gRPC proxy (``--host``'s host at the gRPC port, 9000; or ``--host
+  grpc://HOST:PORT``) with metadata ``application: ingest``, following Locust's
   documented gRPC pattern (a User with its own client whose interceptor fires request
   events).
 * :class:`StreamUser` keeps one WebSocket to ``/input/stream`` open through the same HTTP
@@ -36,6 +37,7 @@ from locust.exception import LocustError
 from websockets.sync.client import ClientConnection, connect
 
 from devstack.config import stack_config
+from loadtest.targets import grpc_target
 from loadtest.tweets import TweetFactory
 from serve_app.pb.weather.v1 import weather_pb2, weather_pb2_grpc
 
@@ -147,9 +149,7 @@ class GrpcUser(User):
         super().__init__(environment)
         if self.stub_class is None:
             raise LocustError("GrpcUser needs a stub_class")
-        target = (self.host or "").removeprefix("grpc://") if self.host else GRPC_TARGET
-        if target.startswith("http"):  # --host is the REST one: use the configured gRPC port
-            target = GRPC_TARGET
+        target = grpc_target(self.host, stack_config.serve_grpc_port, GRPC_TARGET)
         self._channel = grpc.insecure_channel(target)
         intercepted = grpc.intercept_channel(self._channel, LocustInterceptor(environment))
         self.stub = self.stub_class(intercepted)
