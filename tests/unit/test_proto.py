@@ -1,21 +1,34 @@
-"""The committed gRPC stubs are exactly what grpcio-tools generates from proto/."""
+"""The committed gRPC stubs (the server's and the reference client's) are exactly what
+grpcio-tools generates from proto/."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from serve_app.protogen import ROOT, generate
+import pytest
+
+from serve_app.protogen import TARGETS, StubTarget, generate
 
 
-def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
-    generate(tmp_path)
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.package)
+def test_committed_stubs_match_a_fresh_generation(target: StubTarget, tmp_path: Path) -> None:
+    generate(tmp_path, target)
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.py*")}
-    committed_root = ROOT / "serve_app" / "pb"
     committed = {
-        p.relative_to(ROOT): p.read_bytes()
-        for p in committed_root.rglob("*.py*")
-        if p.name != "__init__.py" or p.parent != committed_root
+        p.relative_to(target.root): p.read_bytes()
+        for p in target.directory.rglob("*.py*")
+        if p.name != "__init__.py" or p.parent != target.directory
     }
+    assert fresh, "protoc generated nothing"
     assert fresh.keys() == committed.keys()
     for path, content in fresh.items():
         assert committed[path] == content, f"{path} is stale: run `make proto`"
+
+
+def test_client_stubs_import_only_the_client_package() -> None:
+    """The client's stubs must not reach into serve_app (the client installs without it)."""
+    from serve_app.protogen import CLIENT
+
+    for path in CLIENT.directory.rglob("*.py"):
+        text = path.read_text()
+        assert "from serve_app" not in text and "import serve_app" not in text, path
