@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from weather_client.delivery import Delivery, Outcome, Refused, Retry, classify_answer
+from weather_client.retry import Deadline, RetryPolicy, parse_retry_after, system_uniform
 
 from devstack.config import stack_config
-from devstack.waits import apoll
 from loadtest.tweets import TweetFactory
 
 RETRY_PAUSE_S = 0.25
+LOAD_POLICY = RetryPolicy(base_s=RETRY_PAUSE_S, cap_s=2 * RETRY_PAUSE_S, max_retry_after_s=0.0)
+"""The reference client's retry rule (weather_client: which answers are retried, same ids,
+full jitter) at a load generator's pace: a window of 0.25-0.5 s and no wait for the
+server's Retry-After, so the fault rounds see recovery within a fraction of a second."""
 
 
 @dataclass
@@ -34,35 +39,50 @@ class RetryingResult:
         self.statuses[what] = self.statuses.get(what, 0) + 1
 
 
+async def post_batch(
+    client: httpx.AsyncClient, batch: list[dict[str, Any]], result: RetryingResult
+) -> Outcome:
+    """One ``POST /input``, counted by status (or by the exception's name); a 4xx for a
+    batch this generator made valid is a bug of the pipeline's, so it fails the run."""
+    try:
+        response = await client.post("/input", json=batch)
+    except httpx.HTTPError as exc:
+        result.count(type(exc).__name__)
+        return Retry(type(exc).__name__, str(exc))
+    result.count(str(response.status_code))
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    outcome = classify_answer(
+        response.status_code, body, parse_retry_after(response.headers.get("retry-after"))
+    )
+    if isinstance(outcome, Refused):
+        raise AssertionError(f"the pipeline refused a valid batch: {response.text[:300]}")
+    return outcome
+
+
 async def send_until_accepted(
     client: httpx.AsyncClient, batch: list[dict[str, Any]], result: RetryingResult,
     give_up_at: float,
 ) -> None:  # fmt: skip
-    """POST ``batch`` until a 202, every ``RETRY_PAUSE_S``, giving up at ``give_up_at``."""
-
-    sent = 0
-
-    async def attempt() -> int | None:
-        nonlocal sent
-        result.retries += sent > 0
-        result.requests += 1
-        sent += 1
-        try:
-            response = await client.post("/input", json=batch)
-        except httpx.HTTPError as exc:
-            result.count(type(exc).__name__)
-            return None
-        result.count(str(response.status_code))
-        if 400 <= response.status_code < 500:
-            raise AssertionError(f"the pipeline refused a valid batch: {response.text[:300]}")
-        return response.status_code
-
-    timeout = max(0.0, give_up_at - time.monotonic())
-    status = await apoll(attempt, lambda got: got == 202, timeout=timeout, every=RETRY_PAUSE_S)
-    if status == 202:
-        result.accepted_ids.update(t["id"] for t in batch)
-    else:
-        result.gave_up += 1
+    """POST ``batch`` until a 202, retried by :data:`LOAD_POLICY` with the same ids, giving
+    up at ``give_up_at`` (``time.monotonic``)."""
+    deadline = Deadline(give_up_at, time.monotonic)
+    delivery = Delivery(batch, LOAD_POLICY, deadline, system_uniform())
+    while delivery.pending:
+        if deadline.expired():
+            delivery.give_up()
+            break
+        wait = delivery.record(await post_batch(client, delivery.sending(), result))
+        if wait is None:
+            break
+        await asyncio.sleep(wait)
+    done = delivery.result
+    result.accepted_ids.update(done.accepted)
+    result.requests += done.requests
+    result.retries += done.retries
+    result.gave_up += bool(done.not_accepted)
 
 
 async def run(
