@@ -1,11 +1,18 @@
 """Generates the gRPC stubs from proto/ with grpcio-tools (``make proto``; a test checks no
 drift): the server's in ``serve_app/pb`` and the reference client's in
 ``client/weather_client/pb``, each importing itself by its own package path, so the client
-needs nothing of serve_app."""
+needs nothing of serve_app.
+
+Both copies register the same descriptors under the same file name
+(``serve_app/pb/weather/v1/weather.proto``): protobuf's default pool accepts an identical
+file twice but refuses a second file defining ``weather.v1.Tweet`` again, and a process may
+load both copies (the tests do; so may an application that embeds the client).
+"""
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +40,17 @@ class StubTarget:
 SERVER = StubTarget(ROOT, "serve_app.pb")
 CLIENT = StubTarget(ROOT / "client", "weather_client.pb")
 TARGETS = (SERVER, CLIENT)
+REGISTERED_PACKAGE = SERVER.package
+"""The package path the descriptors' file name is built from, the same in every copy."""
 
 
-def generate_package(package: str, out_dir: Path) -> None:
-    """Run protoc so generated imports read ``<package>.weather.v1`` (importable anywhere
-    the package is)."""
+def run_protoc(out_dir: Path) -> None:
+    """protoc as the server's package: files under ``out_dir/serve_app/pb``."""
     import grpc_tools
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
-    prefix = package.replace(".", "/")
+    prefix = REGISTERED_PACKAGE.replace(".", "/")
     args = [
         "protoc",
         f"-I{prefix}={PROTO_DIR}",
@@ -54,14 +62,34 @@ def generate_package(package: str, out_dir: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for package_dir in (out_dir / prefix).rglob("*"):
-        if package_dir.is_dir() and not (package_dir / "__init__.py").exists():
-            (package_dir / "__init__.py").write_text("")
+
+
+def _alias(package: str) -> str:
+    """How grpcio-tools spells a package inside its import aliases."""
+    return package.replace("_", "__").replace(".", "_dot_") + "_dot_"
+
+
+def relocated(text: str, package: str) -> str:
+    """Generated code made to import itself from ``package`` (Python names only: the
+    registered file name in the serialized descriptor is left as it is)."""
+    if package == REGISTERED_PACKAGE:
+        return text
+    text = text.replace(f"{REGISTERED_PACKAGE}.", f"{package}.")
+    return text.replace(_alias(REGISTERED_PACKAGE), _alias(package))
 
 
 def generate(out_dir: Path, target: StubTarget = SERVER) -> None:
     """One target's stubs under ``out_dir`` (its source root when run by ``make proto``)."""
-    generate_package(target.package, out_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        run_protoc(Path(scratch))
+        generated = Path(scratch, *REGISTERED_PACKAGE.split("."))
+        for source in sorted(generated.rglob("*.py*")):
+            destination = out_dir / target.package_path / source.relative_to(generated)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_text(relocated(source.read_text(), target.package))
+    for package_dir in (out_dir / target.package_path).rglob("*"):
+        if package_dir.is_dir() and not (package_dir / "__init__.py").exists():
+            (package_dir / "__init__.py").write_text("")
 
 
 def generate_all() -> None:

@@ -32,3 +32,15 @@ def test_client_stubs_import_only_the_client_package() -> None:
     for path in CLIENT.directory.rglob("*.py"):
         text = path.read_text()
         assert "from serve_app" not in text and "import serve_app" not in text, path
+
+
+def test_both_stub_sets_load_in_one_process() -> None:
+    """The copies register identical descriptors, so a process may import both (protobuf
+    refuses a second, different file defining ``weather.v1.Tweet``)."""
+    from weather_client.pb.weather.v1 import weather_pb2 as client_pb2
+
+    from serve_app.pb.weather.v1 import weather_pb2 as server_pb2
+
+    assert client_pb2.DESCRIPTOR.serialized_pb == server_pb2.DESCRIPTOR.serialized_pb
+    wire = client_pb2.TweetBatch(tweets=[client_pb2.Tweet(id="a", country="GT")])
+    assert server_pb2.TweetBatch.FromString(wire.SerializeToString()).tweets[0].id == "a"
