@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -79,8 +79,11 @@ class _Connection:
 class StreamTransport:
     """Sends batches as frames of one shared ``/input/stream`` connection."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(
+        self, base_url: str, connector: Callable[..., Awaitable[ClientConnection]] = connect
+    ) -> None:
         self.url = stream_url(base_url)
+        self._connector = connector
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -108,7 +111,7 @@ class StreamTransport:
     async def _connect(self, timeout_s: float) -> _Connection:
         if self._connection is not None and not self._connection.lost:
             return self._connection
-        ws = await connect(
+        ws = await self._connector(
             self.url,
             max_size=MAX_MESSAGE_BYTES,
             open_timeout=timeout_s,

@@ -49,6 +49,8 @@ def batches(
     of body, in input order; lazily, so a large file is never held whole."""
     if max_tweets < 1:
         raise ValueError(f"a batch holds at least 1 tweet, got {max_tweets}")
+    if isinstance(tweets, Mapping):
+        raise TypeError("expected an iterable of tweets; put a single tweet in a list")
     batch: list[Tweet] = []
     size = 2
     for tweet in tweets:

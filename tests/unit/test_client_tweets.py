@@ -59,6 +59,11 @@ def test_batches_are_lazy() -> None:
     assert [t["id"] for t in first] == [f"e{i}" for i in range(1, 6)]
 
 
+def test_a_single_tweet_instead_of_an_iterable_is_named() -> None:
+    with pytest.raises(TypeError, match="in a list"):
+        list(batches(TWEET))
+
+
 def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         list(batches([TWEET], max_tweets=0))
