@@ -1,9 +1,10 @@
 """The reference client keeps the exactly-once promise through a broker outage.
 
-20,000 tweets go out through ``weather_client.AsyncClient`` (REST, batches of 250, a new
-round of 500 tweets every half second) while Kafka is stopped (SIGSTOP to its whole
-process session) for 10 s: publishes time out, the Gateway answers 503 with the ids, and
-the client retries them with the same ids until they are accepted. Afterwards every one
+20,000 tweets go out through ``weather_client.AsyncClient`` (over REST, the WebSocket stream
+and gRPC in turn; batches of 250, a new round of 500 tweets every half second) while Kafka
+is stopped (SIGSTOP to its whole
+process session) for 10 s: publishes time out, the Gateway answers 503 / UNAVAILABLE with the
+ids, and the client retries them with the same ids until they are accepted. Afterwards every one
 of the 20,000 ids is accepted, each is marked counted in Redis and in Valkey, and both
 stores grew by exactly the test's own tweets (its countries are used by no other traffic;
 foreign deltas are subtracted, see tests/support/counting.py).
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from weather_client import AsyncClient, RetryPolicy, SendResult
+from weather_client.client import VIAS, Via
 
 from devstack import procs, stack
 from devstack.config import app_settings, stack_config
@@ -107,8 +109,9 @@ def as_request(tweet: Any) -> dict[str, str]:
     }
 
 
-async def test_every_tweet_counted_once_in_both_stores_through_a_broker_stop() -> None:
-    made = make_tweets(TWEETS, "client")
+@pytest.mark.parametrize("via", VIAS)
+async def test_every_tweet_counted_once_in_both_stores_through_a_broker_stop(via: Via) -> None:
+    made = make_tweets(TWEETS, f"client-{via}")
     tweets = [as_request(t) for t in made]
     ids = [t["id"] for t in tweets]
     expected = expected_delta(made)
@@ -120,7 +123,12 @@ async def test_every_tweet_counted_once_in_both_stores_through_a_broker_stop() -
     policy = RetryPolicy(deadline_s=SEND_DEADLINE_S)
     started = time.monotonic()
     async with AsyncClient(
-        stack_config.serve_http_url, batch=BATCH, concurrency=2, policy=policy
+        stack_config.serve_http_url,
+        via=via,
+        batch=BATCH,
+        concurrency=2,
+        policy=policy,
+        grpc_target=stack_config.serve_grpc_target,
     ) as client:
         fault = asyncio.create_task(stop_broker_once_sending(progress))
         result = await send_in_rounds(client, tweets, progress)
@@ -148,6 +156,7 @@ async def test_every_tweet_counted_once_in_both_stores_through_a_broker_stop() -
     print(
         json.dumps(
             {
+                "via": via,
                 "tweets": TWEETS,
                 "stopped": f"{STOPPED_BROKER} {STOPPED_S:g} s",
                 "accepted_before_stop": int(stop["accepted_before_stop"]),
