@@ -3,7 +3,7 @@ validation, the controller-manager and scheduler, KWOK (a fake node: Pods schedu
 report Running without containers, PVCs bind through its StorageClass) and the KubeRay
 operator, all on loopback (devstack/cluster).
 
-The commands are the README's: the blocks of "Run it on Kubernetes" marked
+The commands are the Kubernetes guide's (docs/kubernetes.md): the blocks marked
 ``<!-- cluster-test: NAME -->`` run verbatim in bash, in a copy of the repository with a
 throwaway secrets.env. Without Ray in the pods the RayService stays Initializing (the
 operator cannot reach a dashboard), so what is checked is everything up to that point.
@@ -28,7 +28,7 @@ from kuberay.kustomize import render
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "kubernetes.md"
 NAMESPACE = "weather"
 RAYSERVICE = "weather-pipeline"
 STATEFUL = ("kafka", "rabbitmq", "redis", "valkey", "prometheus", "grafana")
@@ -37,16 +37,16 @@ WAIT = "--timeout=180s"
 
 
 def readme_block(name: str) -> str:
-    """The bash block that follows ``<!-- cluster-test: name -->`` in the README."""
-    text = README.read_text(encoding="utf-8")
+    """The bash block that follows ``<!-- cluster-test: name -->`` in docs/kubernetes.md."""
+    text = GUIDE.read_text(encoding="utf-8")
     marker = f"<!-- cluster-test: {name} -->\n```bash\n"
-    assert marker in text, f"README has no block {name!r}"
+    assert marker in text, f"docs/kubernetes.md has no block {name!r}"
     start = text.index(marker) + len(marker)
     return text[start : text.index("```", start)]
 
 
 def run_readme(cluster: ControlPlane, name: str, workdir: Path) -> str:
-    """Run a README block in ``workdir`` against the test cluster; its whole output."""
+    """Run a block of the guide in ``workdir`` against the test cluster; its whole output."""
     result = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + readme_block(name)],
         cwd=workdir,
@@ -56,7 +56,7 @@ def run_readme(cluster: ControlPlane, name: str, workdir: Path) -> str:
         timeout=1200,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"README block {name} failed:\n{output}{diagnosis(cluster)}"
+    assert result.returncode == 0, f"guide block {name} failed:\n{output}{diagnosis(cluster)}"
     return output
 
 
@@ -104,7 +104,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def applied(cluster: ControlPlane, workdir: Path) -> str:
-    """README step 4, then the operator's first RayCluster; returns the apply output."""
+    """The guide's step 4, then the operator's first RayCluster; returns the apply output."""
     output = run_readme(cluster, "apply", workdir)
     # The operator names the cluster in the RayService's status first, then creates it.
     cluster.kubectl(
@@ -276,7 +276,7 @@ def test_head_service_selects_the_head_pod_only(cluster, applied):
 
 
 def test_reapplying_succeeds_and_keeps_the_cluster(cluster, applied, workdir):
-    """The README's apply after a change: no field-manager conflict with the operator, and an
+    """The guide's apply after a change: no field-manager conflict with the operator, and an
     unchanged spec does not make the operator start a new cluster."""
     before = ray_cluster(cluster)["metadata"]["uid"]
     live = cluster.get_json("-n", NAMESPACE, "rayservice", RAYSERVICE)
@@ -288,9 +288,9 @@ def test_reapplying_succeeds_and_keeps_the_cluster(cluster, applied, workdir):
 
 
 def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
-    """README step 7: a new secrets.env reaches the Secret, the pods whose init containers
+    """The guide's step 7: a new secrets.env reaches the Secret, the pods whose init containers
     write it into RabbitMQ, Redis, Valkey and Grafana are replaced, the RayService is
-    changed (new cluster), and the README's apply still works afterwards."""
+    changed (new cluster), and the guide's apply still works afterwards."""
     old = cluster.get_json("-n", NAMESPACE, "secret", "weather-credentials")["data"]
     before = {
         n: pods(cluster, f"app.kubernetes.io/name={n}")[0]["metadata"]["uid"]
