@@ -31,6 +31,20 @@ class BrokerUnavailable(PipelineError):
         return f"{self.broker} unavailable: {self.reason}"
 
 
+class ConnectFailed(PipelineError):
+    """Connecting to a broker or store failed or timed out (refused, an untrusted
+    certificate, a wrong password): names the server, where it is and why, never a secret."""
+
+    def __init__(self, server: str, address: str, reason: str) -> None:
+        self.server = server
+        self.address = address
+        self.reason = reason
+        super().__init__(server, address, reason)  # all in args: survives pickling
+
+    def __str__(self) -> str:
+        return f"{self.server} at {self.address}: cannot connect: {self.reason}"
+
+
 class PublishFailed(PipelineError):
     """Not every broker confirmed; ``reasons`` names each one that did not."""
 

@@ -4,22 +4,58 @@ The Serve application builders (``serve_app.app``) build :class:`Settings` once 
 to every deployment and consumer actor; runtime code never reads the environment itself,
 and nothing builds an instance at import time. Tooling builds its own
 (``devstack.config.app_settings()``). No address or name is written anywhere else.
+
+Passwords are :class:`~pydantic.SecretStr` (never in a repr, a log line or an error); an
+unknown key passed explicitly (Serve ``args:``) is refused by name; a TLS file that does not
+exist, or a SASL protocol without a mechanism, fails at start-up. :func:`tls_context` is
+the one builder of a client TLS context; each broker and store module calls it with its
+own settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import ssl
+from pathlib import Path
+from typing import Literal, Self
 from urllib.parse import quote
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serve_app.errors import ConfigError
 from serve_app.model.schema import TweetRules
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+TLS_FILE_SUFFIXES = ("_ssl_cafile", "_ssl_certfile", "_ssl_keyfile")
+
+
+def tls_context(
+    cafile: str = "", certfile: str = "", keyfile: str = "", check_hostname: bool = True
+) -> ssl.SSLContext:
+    """A client TLS context that verifies the server: against ``cafile`` (PEM) or, when
+    it is empty, the system's trusted CAs (what a managed service's public certificate
+    needs); with a client certificate when ``certfile`` is set (its key in ``keyfile`` or
+    in the same file). TLS 1.2 at least."""
+    context = ssl.create_default_context(cafile=cafile or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
+    return context
 
 
 class Settings(BaseSettings):
     """Defaults match the local stack started by ``make up``; override with env vars."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # extra="forbid": an unknown key given explicitly (Serve `args:`, keyword arguments) is an
+    # error naming it; environment variables that are not settings are never read at all.
+    # hide_input_in_errors: a validation error never echoes what was given (a password).
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="forbid", hide_input_in_errors=True
+    )
 
     # Kafka (Apache Kafka 4.x, KRaft)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -27,13 +63,30 @@ class Settings(BaseSettings):
     kafka_dead_letter_topic: str = "weather-tweets-dlq"
     kafka_partitions: int = Field(default=4, ge=1)
     kafka_consumer_group: str = "weather-redis-counter"
+    # replication of the topics the app creates (1 for one broker; 3 and 2 on a managed
+    # cluster: a write is then confirmed by at least 2 brokers, acks=all)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1)
+    # TLS and SASL (managed Kafka: SASL_SSL with SCRAM or PLAIN)
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""  # "" = the system's trusted CAs
+    kafka_ssl_certfile: str = ""  # a client certificate (mutual TLS), optional
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_check_hostname: bool = True
 
     # RabbitMQ
     rabbitmq_host: str = "127.0.0.1"
     rabbitmq_port: int = 5672
     rabbitmq_user: str = "weather"
-    rabbitmq_password: str = "weather-local"
+    rabbitmq_password: SecretStr = SecretStr("weather-local")
     rabbitmq_vhost: str = "/"
+    rabbitmq_tls: bool = False  # amqps
+    rabbitmq_ssl_cafile: str = ""
+    rabbitmq_ssl_certfile: str = ""
+    rabbitmq_ssl_keyfile: str = ""
     rabbitmq_exchange: str = "weather-tweets"
     rabbitmq_queue: str = "weather-tweets"
     rabbitmq_dead_letter_exchange: str = "weather-tweets-dlx"
@@ -42,10 +95,24 @@ class Settings(BaseSettings):
     # Stores: Kafka drains into Redis, RabbitMQ into Valkey
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
-    redis_password: str = ""
+    redis_username: str = ""  # an ACL user ("" = the default user)
+    redis_password: SecretStr = SecretStr("")
+    redis_tls: bool = False  # rediss
+    redis_ssl_cafile: str = ""
+    redis_ssl_certfile: str = ""
+    redis_ssl_keyfile: str = ""
     valkey_host: str = "127.0.0.1"
     valkey_port: int = 6380
-    valkey_password: str = ""
+    valkey_username: str = ""
+    valkey_password: SecretStr = SecretStr("")
+    valkey_tls: bool = False
+    valkey_ssl_cafile: str = ""
+    valkey_ssl_certfile: str = ""
+    valkey_ssl_keyfile: str = ""
+
+    # How long connecting to a broker or store may take (TCP, TLS handshake, login): a
+    # wrong password or an untrusted certificate is then an error, never a hang.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
 
     # Tweet schema
     weather_values: str = "Lluvioso,Nubloso,Soleado"
@@ -77,14 +144,86 @@ class Settings(BaseSettings):
     latest_tweets_length: int = Field(default=100, ge=1)
     seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
 
+    @model_validator(mode="after")
+    def _combinations_work(self) -> Self:
+        """Refuse settings that cannot work together, each naming what to change."""
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol.startswith("SASL_") and not mechanism:
+            raise ConfigError(f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism")
+        if protocol.startswith("SASL_") and not self.kafka_sasl_username:
+            raise ConfigError(f"kafka_security_protocol {protocol} needs kafka_sasl_username")
+        if mechanism and not protocol.startswith("SASL_"):
+            raise ConfigError(
+                f"kafka_sasl_mechanism {mechanism} needs kafka_security_protocol "
+                f"SASL_SSL or SASL_PLAINTEXT (not {protocol})"
+            )
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ConfigError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) exceeds "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no write "
+                "could ever be confirmed"
+            )
+        for prefix in ("kafka", "rabbitmq", "redis", "valkey"):
+            self._check_tls_files(prefix)
+        return self
+
+    def _check_tls_files(self, prefix: str) -> None:
+        """Each TLS file that is set exists, and is only set where TLS is on."""
+        names = [f"{prefix}{suffix}" for suffix in TLS_FILE_SUFFIXES]
+        given = [name for name in names if getattr(self, name)]
+        if given and not self.uses_tls(prefix):
+            switch = (
+                "kafka_security_protocol SSL or SASL_SSL"
+                if prefix == "kafka"
+                else (f"{prefix}_tls=true")
+            )
+            raise ConfigError(f"{', '.join(given)} set but TLS is off: set {switch}")
+        for name in given:
+            path = Path(getattr(self, name))
+            if not path.is_file():
+                raise ConfigError(f"{name}: no such file {str(path)!r}")
+        if getattr(self, f"{prefix}_ssl_keyfile") and not getattr(self, f"{prefix}_ssl_certfile"):
+            raise ConfigError(f"{prefix}_ssl_keyfile needs {prefix}_ssl_certfile")
+
+    def uses_tls(self, prefix: str) -> bool:
+        """Whether ``prefix`` (kafka, rabbitmq, redis, valkey) is reached over TLS."""
+        if prefix == "kafka":
+            return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        return bool(getattr(self, f"{prefix}_tls"))
+
+    def tls_context_for(self, prefix: str) -> ssl.SSLContext | None:
+        """The client TLS context of ``prefix``'s server, or None when TLS is off."""
+        if not self.uses_tls(prefix):
+            return None
+        cafile, certfile, keyfile = (getattr(self, prefix + s) for s in TLS_FILE_SUFFIXES)
+        check_hostname = self.kafka_ssl_check_hostname if prefix == "kafka" else True
+        return tls_context(cafile, certfile, keyfile, check_hostname)
+
     @property
     def rabbitmq_url(self) -> str:
-        """AMQP URL with user, password and vhost escaped (any character may be in them)."""
+        """AMQP URL (amqps with ``rabbitmq_tls``) with user, password and vhost escaped (any
+        character may be in them). It holds the password: never log it."""
+        password = self.rabbitmq_password.get_secret_value()
         user, password, vhost = (
-            quote(v, safe="")
-            for v in (self.rabbitmq_user, self.rabbitmq_password, self.rabbitmq_vhost)
+            quote(v, safe="") for v in (self.rabbitmq_user, password, self.rabbitmq_vhost)
         )
-        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+        scheme = "amqps" if self.rabbitmq_tls else "amqp"
+        return f"{scheme}://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    def fingerprint(self) -> str:
+        """Every setting as JSON with each password replaced by its SHA-256: what a
+        consumer's version is made of (a new password is a new version), with no secret."""
+        data = self.model_dump(mode="json")
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                data[name] = hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+        return json.dumps(data, sort_keys=True)
+
+    @property
+    def rabbitmq_address(self) -> str:
+        """Where RabbitMQ is, without credentials: for error messages and logs."""
+        scheme = "amqps" if self.rabbitmq_tls else "amqp"
+        return f"{scheme}://{self.rabbitmq_host}:{self.rabbitmq_port}"
 
     @property
     def weathers(self) -> tuple[str, ...]:

@@ -145,7 +145,7 @@ def rabbitmq_conf() -> str:
             [
                 f"listeners.tcp.1 = {settings.rabbitmq_host}:{settings.rabbitmq_port}",
                 f"default_user = {settings.rabbitmq_user}",
-                f"default_pass = {settings.rabbitmq_password}",
+                f"default_pass = {settings.rabbitmq_password.get_secret_value()}",
                 f"default_vhost = {settings.rabbitmq_vhost}",
                 # may log in to the management UI; not an administrator
                 "default_user_tags.management = true",

@@ -27,7 +27,7 @@ class _RespServer(Server):
         super().__init__()
         self.host: str = getattr(settings, f"{self.name}_host")
         self.port: int = getattr(settings, f"{self.name}_port")
-        self.password: str = getattr(settings, f"{self.name}_password")
+        self.password: str = getattr(settings, f"{self.name}_password").get_secret_value()
 
     def ports(self) -> list[int]:
         return [self.port]

@@ -2,18 +2,26 @@
 dead letters and the lag probe (aiokafka is imported nowhere else).
 
 Topics: the tweet topic (``kafka_partitions`` partitions, keyed by country, so a country's
-tweets stay in order) and a dead-letter topic.
+tweets stay in order) and a dead-letter topic, both created with ``kafka_replication_factor``
+replicas and ``kafka_min_insync_replicas``.
+
+Every client takes :func:`kafka_connection` (servers, security protocol, SASL, the TLS
+context of :func:`kafka_ssl_context`) and is started by :func:`start_kafka_client`: bounded
+by ``connect_timeout_s``, a failure is a :class:`~serve_app.errors.ConnectFailed` naming the
+servers and the cause (an untrusted certificate, a refused login), never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CommitFailedError,
     KafkaError,
@@ -31,6 +39,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
+from serve_app.errors import ConnectFailed, describe
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -49,15 +58,78 @@ Record = ConsumerRecord
 """What a Kafka delivery's ``origin`` is."""
 
 
+# --- connections ---------------------------------------------------------------------------
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the SSL and SASL_SSL protocols (None for the others)."""
+    return settings.tls_context_for("kafka")
+
+
+def kafka_connection(settings: Settings) -> dict[str, Any]:
+    """What every aiokafka client of this module is given to reach the cluster: the
+    bootstrap servers and, unless PLAINTEXT, the security protocol, TLS context and SASL
+    login (the password is read here only, into the client)."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers}
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return options
+    options["security_protocol"] = protocol
+    options["ssl_context"] = kafka_ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+async def start_kafka_client(
+    settings: Settings, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run a client's ``start`` within ``connect_timeout_s``; on failure ``stop`` it and
+    raise :class:`ConnectFailed` with the cause (aiokafka only logs why a bootstrap failed,
+    so :func:`connect_refusal` finds it out)."""
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            await start()
+    except Exception as exc:
+        await close_quietly(stop())
+        reason = await connect_refusal(settings)
+        if reason is None and isinstance(exc, TimeoutError):
+            reason = f"no answer within {settings.connect_timeout_s:g} s"
+        address = f"{settings.kafka_security_protocol}://{settings.kafka_bootstrap_servers}"
+        raise ConnectFailed("kafka", address, reason or describe(exc)) from exc
+
+
+async def connect_refusal(settings: Settings) -> str | None:
+    """Why one connection to the first bootstrap server fails (TLS handshake, SASL login,
+    refused), or None if it works: one bounded attempt, as the client makes it."""
+    options = kafka_connection(settings)
+    host, _, port = options.pop("bootstrap_servers").split(",")[0].strip().rpartition(":")
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            connection = await create_conn(
+                host.strip("[]"),
+                int(port),
+                request_timeout_ms=int(settings.connect_timeout_s * 1000),
+                **options,
+            )
+    except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {settings.connect_timeout_s:g} s"
+        return describe(exc)
+    connection.close()
+    return None
+
+
 # --- topics and producers -------------------------------------------------------------------
 
 
 async def ensure_kafka_topics(settings: Settings) -> None:
-    """Create the tweet and dead-letter topics if absent (as the seed's writers did)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000
-    )
-    await admin.start()
+    """Create the tweet and dead-letter topics if absent (as the seed's writers did), with
+    the configured replication; a topic that exists is left as it is."""
+    admin = AIOKafkaAdminClient(**kafka_connection(settings), request_timeout_ms=10_000)
+    await start_kafka_client(settings, admin.start, admin.close)
     try:
         existing = set(await admin.list_topics())
         wanted = {
@@ -65,7 +137,12 @@ async def ensure_kafka_topics(settings: Settings) -> None:
             settings.kafka_dead_letter_topic: 1,
         }
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=settings.kafka_replication_factor,
+                topic_configs={"min.insync.replicas": str(settings.kafka_min_insync_replicas)},
+            )
             for name, partitions in wanted.items()
             if name not in existing
         ]
@@ -80,15 +157,12 @@ async def start_producer(settings: Settings, **options: Any) -> AIOKafkaProducer
     """A started idempotent producer (acks=all): every send is confirmed by all in-sync
     replicas and a retried send is never written twice. Stopped again if it cannot start."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        **options,
+        **kafka_connection(settings), acks="all", enable_idempotence=True, **options
     )
     try:
-        await producer.start()
-    except BaseException:
-        await producer.stop()
+        await start_kafka_client(settings, producer.start, producer.stop)
+    except asyncio.CancelledError:
+        await close_quietly(producer.stop())
         raise
     return producer
 
@@ -328,7 +402,7 @@ async def open_kafka_source(
     await ensure_kafka_topics(settings)
     consumer = AIOKafkaConsumer(
         settings.kafka_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_connection(settings),
         group_id=settings.kafka_consumer_group,
         client_id=name,
         enable_auto_commit=False,
@@ -339,7 +413,7 @@ async def open_kafka_source(
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
     )
-    await consumer.start()
+    await start_kafka_client(settings, consumer.start, consumer.stop)
     producers = ProducerSlot(
         lambda: start_producer(settings, client_id=f"{name}-dlq"), settings.publish_timeout_s
     )
@@ -369,14 +443,14 @@ class KafkaProbe:
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         """The two clients, started on first use (aiokafka reconnects them afterwards)."""
         if self._admin is None or self._offsets is None:
-            servers = self.settings.kafka_bootstrap_servers
-            admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id="weather-monitor")
+            connection = kafka_connection(self.settings)
+            admin = AIOKafkaAdminClient(**connection, client_id="weather-monitor")
             offsets = AIOKafkaConsumer(
-                bootstrap_servers=servers, client_id="weather-monitor", enable_auto_commit=False
+                **connection, client_id="weather-monitor", enable_auto_commit=False
             )
             try:
-                await admin.start()
-                await offsets.start()
+                await start_kafka_client(self.settings, admin.start, admin.close)
+                await start_kafka_client(self.settings, offsets.start, offsets.stop)
             except BaseException:
                 await close_quietly(admin.close(), offsets.stop())
                 raise

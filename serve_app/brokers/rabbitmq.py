@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self, TypeVar
 
@@ -30,6 +31,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
+from serve_app.errors import ConnectFailed, describe
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -52,6 +54,36 @@ T = TypeVar("T")
 # --- connections and topology ---------------------------------------------------------------
 
 
+def rabbit_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of amqps (``rabbitmq_tls``), or None for plain AMQP."""
+    return settings.tls_context_for("rabbitmq")
+
+
+async def open_connection(
+    settings: Settings, name: str, *, robust: bool = True, timeout: float | None = None
+) -> AbstractConnection:
+    """A named connection (amqps with ``rabbitmq_tls``), opened within ``timeout`` (default
+    ``connect_timeout_s``); a failure is a :class:`ConnectFailed` naming the server and the
+    cause (refused login, untrusted certificate), never the password."""
+    opener = aio_pika.connect_robust if robust else aio_pika.connect
+    timeout = timeout or settings.connect_timeout_s
+    try:
+        return await opener(
+            settings.rabbitmq_url,
+            timeout=timeout,
+            ssl_context=rabbit_ssl_context(settings),
+            client_properties={"connection_name": name},
+        )
+    except Exception as exc:
+        reason = f"no answer within {timeout:g} s"
+        if not isinstance(exc, TimeoutError):
+            reason = describe(exc)
+        password = settings.rabbitmq_password.get_secret_value()
+        if password:
+            reason = reason.replace(password, "***")
+        raise ConnectFailed("rabbitmq", settings.rabbitmq_address, reason) from exc
+
+
 async def connect(
     settings: Settings,
     name: str,
@@ -64,10 +96,7 @@ async def connect(
     """Open a named connection and one channel, then ``setup`` on it; a failure anywhere
     closes the connection again. A robust connection re-opens itself and its channels
     after a broker restart."""
-    opener = aio_pika.connect_robust if robust else aio_pika.connect
-    connection = await opener(
-        settings.rabbitmq_url, timeout=timeout, client_properties={"connection_name": name}
-    )
+    connection = await open_connection(settings, name, robust=robust, timeout=timeout)
     try:
         channel = await connection.channel(**channel_options)
         return connection, await setup(channel)

@@ -282,7 +282,7 @@ def code_version(package: Path) -> str:
 
 def config_version(settings: Settings, code: str) -> str:
     """What a consumer runs: its settings and its code, in one short hash."""
-    content = settings.model_dump_json().encode() + b"\x00" + code.encode()
+    content = settings.fingerprint().encode() + b"\x00" + code.encode()
     return hashlib.sha256(content).hexdigest()[:16]
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
-from serve_app.errors import describe
+from serve_app.errors import ConnectFailed, describe
 from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
 from serve_app.settings import Settings
 from serve_app.store.core import (
@@ -118,25 +120,90 @@ StoreClient = aioredis.Redis
 """A Redis-protocol client (Redis or Valkey); the type other stages may name."""
 
 
-def connect(host: str, port: int, password: str = "") -> aioredis.Redis:
-    """One client per process; redis-py pools and reconnects by itself."""
-    return aioredis.Redis(
-        host=host,
-        port=port,
-        password=password or None,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=10,
+class TLSConnection(aioredis.Connection):
+    """A connection over TLS on the context :func:`store_tls_context` built (redis-py's
+    own SSLConnection would build another one from file names)."""
+
+    def __init__(self, *, tls_context: ssl.SSLContext, **kwargs: Any) -> None:
+        self.tls_context = tls_context
+        super().__init__(**kwargs)
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {**super()._connection_arguments(), "ssl": self.tls_context}
+
+
+def connect(
+    host: str,
+    port: int,
+    password: str = "",
+    *,
+    username: str = "",
+    tls: ssl.SSLContext | None = None,
+    connect_timeout_s: float = 2,
+) -> aioredis.Redis:
+    """One client per process; redis-py pools and reconnects by itself. ``username`` is an
+    ACL user (with ``password``); with ``tls`` every connection is TLS (rediss), and the
+    connect timeout bounds the handshake too."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "username": username or None,
+        "password": password or None,
+        "decode_responses": True,
+        "socket_timeout": 5,
+        "socket_connect_timeout": connect_timeout_s,
+        "health_check_interval": 10,
+    }
+    if tls is None:
+        return aioredis.Redis(**options)
+    pool = aioredis.ConnectionPool(connection_class=TLSConnection, tls_context=tls, **options)
+    return aioredis.Redis.from_pool(pool)
+
+
+def store_tls_context(settings: Settings, store: str) -> ssl.SSLContext | None:
+    """The TLS context of ``store`` (redis, valkey) from its ``*_tls`` and ``*_ssl_*``
+    settings; None when it is reached in plain text."""
+    return settings.tls_context_for(store)
+
+
+def connect_store(settings: Settings, store: str) -> aioredis.Redis:
+    """The client of ``store`` (redis, valkey) as its settings describe it. The connect
+    timeout covers the TLS handshake too; a wrong password or ACL user is refused at the
+    first command (redis-py logs in on connect)."""
+    password: SecretStr = getattr(settings, f"{store}_password")
+    plain = not settings.uses_tls(store)
+    return connect(
+        getattr(settings, f"{store}_host"),
+        getattr(settings, f"{store}_port"),
+        password.get_secret_value(),
+        username=getattr(settings, f"{store}_username"),
+        tls=store_tls_context(settings, store),
+        connect_timeout_s=2 if plain else settings.connect_timeout_s,
     )
 
 
+async def verify_store(settings: Settings, store: str, client: aioredis.Redis) -> None:
+    """One PING (the login and TLS handshake first), within ``connect_timeout_s``: a wrong
+    password or ACL user, an untrusted certificate or no answer is a :class:`ConnectFailed`
+    naming the store and the cause."""
+    address = f"{getattr(settings, f'{store}_host')}:{getattr(settings, f'{store}_port')}"
+    scheme = "rediss" if settings.uses_tls(store) else "redis"
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            await client.ping()
+    except Exception as exc:
+        reason = f"no answer within {settings.connect_timeout_s:g} s"
+        if not isinstance(exc, TimeoutError):
+            reason = describe(exc)
+        raise ConnectFailed(store, f"{scheme}://{address}", reason) from exc
+
+
 def connect_redis(settings: Settings) -> aioredis.Redis:
-    return connect(settings.redis_host, settings.redis_port, settings.redis_password)
+    return connect_store(settings, "redis")
 
 
 def connect_valkey(settings: Settings) -> aioredis.Redis:
-    return connect(settings.valkey_host, settings.valkey_port, settings.valkey_password)
+    return connect_store(settings, "valkey")
 
 
 class TweetStore:

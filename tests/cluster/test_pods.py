@@ -94,9 +94,9 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
     shutil.copytree(ROOT / "k8s" / "external", work / "external")
     secrets_env = {
         "RABBITMQ_USER": settings.rabbitmq_user,
-        "RABBITMQ_PASSWORD": settings.rabbitmq_password,
-        "REDIS_PASSWORD": settings.redis_password,
-        "VALKEY_PASSWORD": settings.valkey_password,
+        "RABBITMQ_PASSWORD": settings.rabbitmq_password.get_secret_value(),
+        "REDIS_PASSWORD": settings.redis_password.get_secret_value(),
+        "VALKEY_PASSWORD": settings.valkey_password.get_secret_value(),
         "auth_token": uuid.uuid4().hex + uuid.uuid4().hex,
     }
     (work / "external" / "secrets.env").write_text(
@@ -290,8 +290,8 @@ def markers(tweets: list[dict[str, str]]) -> dict[str, list[str | None]]:
     settings = Settings()
     keys = [f"{KEYS.seen_prefix}{t['id']}" for t in tweets]
     stores = {
-        "redis": (settings.redis_port, settings.redis_password),
-        "valkey": (settings.valkey_port, settings.valkey_password),
+        "redis": (settings.redis_port, settings.redis_password.get_secret_value()),
+        "valkey": (settings.valkey_port, settings.valkey_password.get_secret_value()),
     }
     found = {}
     for store, (port, password) in stores.items():

@@ -22,8 +22,12 @@ from devstack.config import app_settings, stack_config
 settings = app_settings()
 
 STORES = {
-    "redis": (settings.redis_host, settings.redis_port, settings.redis_password),
-    "valkey": (settings.valkey_host, settings.valkey_port, settings.valkey_password),
+    "redis": (settings.redis_host, settings.redis_port, settings.redis_password.get_secret_value()),
+    "valkey": (
+        settings.valkey_host,
+        settings.valkey_port,
+        settings.valkey_password.get_secret_value(),
+    ),
 }
 
 
