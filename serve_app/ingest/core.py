@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.errors import PublishFailed, describe
+from serve_app.ingest.supervisor import TaskHealth
 from serve_app.model.codec import Chunk, EncodedBatch
 from serve_app.model.metrics import (
     ACCEPTED,
@@ -401,6 +402,7 @@ class Admission:
         watched = [b for b in brokers if b in policy.limits]
         self.backlogs = {b: Backlog(read_at=now, draining_at=now) for b in watched}
         self._sent = {b: [0, 0] for b in watched}  # [messages, bytes] published
+        self.poller = TaskHealth("backlog poller")  # kept running by supervisor.supervise
 
     def published(self, broker: str, chunks: Sequence[Chunk]) -> None:
         """Learn the size of this broker's messages from what it just confirmed."""

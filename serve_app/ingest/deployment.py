@@ -37,6 +37,7 @@ from serve_app.ingest.core import (
 from serve_app.ingest.docs import docs_routes
 from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.rest import build_rest_app
+from serve_app.ingest.supervisor import supervise
 from serve_app.model.codec import Chunk
 from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
@@ -143,7 +144,7 @@ class Gateway:
             self.publish,
             lambda latest: read_side_by_side(self._stores, latest),
             extra_routes=[Route("/", to_dashboard, methods=["GET"]), *docs_routes("/openapi.json")],
-            background=self._watch_backlogs,
+            background=lambda: supervise(self._watch_backlogs, self.ingest.admission.poller),
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -366,9 +366,13 @@ def build_rest_app(
                 losses = after_ingest((await read_stats(0))[0])
         except TimeoutError:
             losses = {}
-        fine = admitting and not any(losses.values())
+        poller = ingest.admission.poller
+        polling = background is None or poller.running
+        fine = admitting and polling and not any(losses.values())
         status = "unavailable" if not healthy else "ok" if fine else "degraded"
         body = {"status": status, "app": {"ok": True}, **brokers, "admission": admission}
+        if background is not None:
+            body["admission_poller"] = poller.report()
         body["stores"] = losses
         return JSONResponse(body, status_code=200 if healthy else 503)
 
