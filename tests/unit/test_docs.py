@@ -5,6 +5,8 @@ page under docs/, so `make docs` (strict) fails on anything left out."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,22 @@ def test_site_build_is_strict_about_links_anchors_and_unlisted_pages() -> None:
     assert validation["nav"]["omitted_files"] == "warn"
     for check in ("anchors", "unrecognized_links", "absolute_links"):
         assert validation["links"][check] == "warn", check
+
+
+def test_site_builds_strict_without_a_warning(tmp_path: Path) -> None:
+    """The build itself, not quieted: `mkdocs build --strict --quiet` exits 0 even when it
+    warns (--quiet drops the warnings strict mode counts), so a broken link or anchor or an
+    unlisted page would pass it."""
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1"},
+    )
+    warnings = [line for line in build.stderr.splitlines() if line.startswith("WARNING")]
+    assert build.returncode == 0 and not warnings, build.stderr
 
 
 def test_slug_matches_the_anchors_the_docs_use() -> None:
