@@ -11,7 +11,8 @@ not define.
 Panels: total tweets in Redis (fed by Kafka) and Valkey (fed by RabbitMQ) side by side; per
 store tweets by country, by weather, country x weather, the latest tweets, memory and ops/s;
 from Prometheus, requests/s and healthy replicas per Serve deployment, and the pipeline's own
-metrics (``serve_app.model.metrics``: accepted, refused, published, consumed, backlog).
+metrics (``serve_app.model.metrics``: accepted, refused, published, consumed, backlog,
+publish latency quantiles, each store's freshness).
 """
 
 from __future__ import annotations
@@ -269,15 +270,21 @@ def _info_series(store: Store, title: str, section: str, field: str, unit: str) 
 def _prom_series(
     title: str, description: str, expr: str, legend: str, unit: str
 ) -> timeseries.Panel:
-    return (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(PROMETHEUS)
-        .with_target(
-            prom.Dataquery().expr(expr).legend_format(legend).ref_id("A").datasource(PROMETHEUS)
+    return _prom_queries(title, description, [(expr, legend)], unit)
+
+
+def _prom_queries(
+    title: str, description: str, queries: list[tuple[str, str]], unit: str
+) -> timeseries.Panel:
+    """A time series panel of one or more PromQL queries, each (expression, legend)."""
+    panel = timeseries.Panel().title(title).description(description).datasource(PROMETHEUS)
+    for index, (expr, legend) in enumerate(queries):
+        ref_id = chr(ord("A") + index)
+        panel = panel.with_target(
+            prom.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id).datasource(PROMETHEUS)
         )
-        .unit(unit)
+    return (
+        panel.unit(unit)
         .fill_opacity(10)
         .legend(
             common_builders.VizLegendOptions()
@@ -303,12 +310,28 @@ def _rate_panel(title: str, metric: Metric, by: tuple[str, ...], unit: str) -> t
     )
 
 
-def _gauge_panel(title: str, metric: Metric, by: tuple[str, ...]) -> timeseries.Panel:
+def _gauge_panel(
+    title: str, metric: Metric, by: tuple[str, ...], agg: str = "max", unit: str = "short"
+) -> timeseries.Panel:
     """One of our gauges; ``max`` since a second Dashboard replica may briefly overlap."""
-    expr = f"max by ({', '.join(by)}) ({metric.prometheus})"
+    expr = f"{agg} by ({', '.join(by)}) ({metric.prometheus})"
     return _prom_series(
-        title, f"{metric.prometheus}: {metric.description}", expr, _legend(by), "short"
+        title, f"{metric.prometheus}: {metric.description}", expr, _legend(by), unit
     )
+
+
+LATENCY_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def _latency_panel(title: str, metric: Metric, outcome: str) -> timeseries.Panel:
+    """Quantiles of one of our histograms over every replica, from its buckets."""
+    buckets = f'{metric.prometheus}_bucket{{outcome="{outcome}"}}'
+    queries = [
+        (f"histogram_quantile({q}, sum by (le) (rate({buckets}[1m])))", f"p{round(q * 100)}")
+        for q in LATENCY_QUANTILES
+    ]
+    description = f"{metric.prometheus} (outcome={outcome}): {metric.description}"
+    return _prom_queries(title, description, queries, "s")
 
 
 def _pipeline_panels() -> list[timeseries.Panel]:
@@ -343,6 +366,19 @@ def _pipeline_panels() -> list[timeseries.Panel]:
             "Ingest refusing (admission control), per broker",
             metrics.ADMISSION_REFUSING,
             ("broker",),
+        ),
+        _latency_panel(
+            "Publish latency: write start to both brokers confirmed",
+            metrics.PUBLISH_LATENCY,
+            "confirmed",
+        ),
+        # min: the store's newest tweet is the newest any of its consumers counted
+        _gauge_panel(
+            "Store freshness: age of the newest tweet counted",
+            metrics.FRESHNESS,
+            ("store",),
+            agg="min",
+            unit="s",
         ),
     ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from ray.util.metrics import Counter, Gauge
+from ray.util.metrics import Counter, Gauge, Histogram
 
 from serve_app.model.metrics import ALL, Metric
 
@@ -27,6 +27,16 @@ class RayMetrics:
             for m in metrics
             if m.kind == "gauge"
         }
+        self._histograms = {
+            m.name: Histogram(
+                m.name,
+                description=m.description,
+                boundaries=list(m.boundaries),
+                tag_keys=m.tag_keys,
+            )
+            for m in metrics
+            if m.kind == "histogram"
+        }
 
     def inc(self, metric: Metric, value: float = 1, **tags: str) -> None:
         if value > 0:  # Ray refuses a zero increment; nothing to count anyway
@@ -34,6 +44,11 @@ class RayMetrics:
 
     def set(self, metric: Metric, value: float, **tags: str) -> None:
         self._gauges[metric.name].set(value, tags)
+
+    def observe(self, metric: Metric, value: float, **tags: str) -> None:
+        """One sample, kept in this process until Ray's agent collects it (no remote call);
+        callers observe once per write to the brokers, not per request or tweet."""
+        self._histograms[metric.name].observe(value, tags)
 
 
 @functools.cache

@@ -74,6 +74,7 @@ class _ConsumerActor:
     """What both actors share: the loop, and which supervisor owns the actor."""
 
     kind = "consumer"
+    store_name = "store"
 
     async def __init__(  # type: ignore[misc]
         self, name: str, settings: Settings, code: str = ""
@@ -91,6 +92,7 @@ class _ConsumerActor:
             metrics=ray_metrics(),
             node_id=ray.get_runtime_context().get_node_id(),
             config_version=actor_version(settings, code, CODE_VERSION),
+            store_name=self.store_name,
         )
         self.loop.ensure_task()
 
@@ -126,6 +128,7 @@ class KafkaConsumer(_ConsumerActor):
     """One member of the ``kafka_consumer_group`` group; records into Redis."""
 
     kind = "kafka"
+    store_name = "redis"
 
     def _store(self) -> TweetStore:
         return TweetStore(connect_redis(self.settings), self.settings)
@@ -138,6 +141,7 @@ class RabbitConsumer(_ConsumerActor):
     """A consumer on the quorum queue; records into Valkey."""
 
     kind = "rabbitmq"
+    store_name = "valkey"
 
     def _store(self) -> TweetStore:
         return TweetStore(connect_valkey(self.settings), self.settings)

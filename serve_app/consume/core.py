@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from serve_app.brokers.base import DeadLetter, DeadLetterSink, Delivery, Envelope, Skipped
+from serve_app.consume.freshness import Freshness, newest_accepted_at
 from serve_app.errors import describe
 from serve_app.model.codec import decode_message
 from serve_app.model.metrics import (
@@ -102,6 +103,8 @@ class BatchOutcome:
     poison: int
     conflicts: int
     parked: int = 0
+    newest_accepted_at: float | None = None
+    """Acceptance time (epoch seconds) of the newest tweet the batch counted."""
 
     @property
     def dead_lettered(self) -> int:
@@ -169,6 +172,7 @@ class ConsumerCore(Generic[Origin]):
             poison=len(poison),
             conflicts=result.conflicts,
             parked=parked,
+            newest_accepted_at=newest_accepted_at([t for t, _ in sources], set(result.refused)),
         )
 
     async def dead_letter(self, letters: Sequence[DeadLetter[Origin]]) -> int:
@@ -385,9 +389,11 @@ class ConsumerLoop:
         metrics: MetricsSink = NO_METRICS,
         node_id: str = "",
         config_version: str = "",
+        store_name: str = "",
     ) -> None:
         self.name = name
         self.kind = kind
+        self.freshness = Freshness(store_name or kind)
         self.store = store
         self.open_source = open_source
         self.metrics = metrics
@@ -411,11 +417,16 @@ class ConsumerLoop:
         self.last_error_at: float | None = None
         self.last_batch_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._freshness_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------
     def ensure_task(self) -> bool:
         """Start the loop unless it is running; True if it was (re)started."""
+        if self._freshness_task is None or self._freshness_task.done():
+            self._freshness_task = asyncio.get_running_loop().create_task(
+                self.freshness.run(self.metrics), name=f"{self.name} freshness"
+            )
         if self._task is not None and not self._task.done():
             return False
         self._stopping = False
@@ -425,6 +436,8 @@ class ConsumerLoop:
     async def stop(self) -> None:
         """Stop the loop and close the connections (uncommitted work is redelivered)."""
         self._stopping = True
+        if self._freshness_task is not None:
+            self._freshness_task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -541,6 +554,7 @@ class ConsumerLoop:
         """Book a batch: metrics once it is applied, the status once it is committed/acked
         (a redelivery after a failed commit shows up as duplicates)."""
         self.retrying = False
+        self.freshness.counted(outcome.newest_accepted_at)
         for name, value in (
             ("applied", outcome.applied),
             ("duplicate", outcome.duplicates),

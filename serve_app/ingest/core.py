@@ -32,6 +32,7 @@ from serve_app.model.metrics import (
     ADMISSION_REFUSING,
     CHUNKS_PUBLISHED,
     NO_METRICS,
+    PUBLISH_LATENCY,
     REJECTED,
     UNAVAILABLE,
     UNKNOWN_BROKER,
@@ -182,8 +183,10 @@ class Ingest:
 
     async def publish(self, tweets: Sequence[Tweet]) -> None:
         """Encode once, write to every broker at the same time, within one deadline; refused
-        up front (PublishFailed, i.e. 503) while admission control holds new tweets back."""
+        up front (PublishFailed, i.e. 503) while admission control holds new tweets back.
+        Its latency is observed once per write (a write carries many requests)."""
         self.admission.check()
+        started = time.perf_counter()
         encoded = EncodedBatch(tweets, self.max_chunk_bytes)
         timeout_s = self.publish_timeout_s
         results = await asyncio.gather(
@@ -195,6 +198,8 @@ class Ingest:
             for w, r in zip(self.writers, results, strict=True)
             if isinstance(r, BaseException)
         }
+        outcome = "failed" if failures else "confirmed"
+        self.metrics.observe(PUBLISH_LATENCY, time.perf_counter() - started, outcome=outcome)
         if failures:
             raise PublishFailed(failures)
 

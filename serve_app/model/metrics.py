@@ -4,6 +4,10 @@ The one place metric names are defined: the cores count through a :class:`Metric
 (``serve_app.runtime`` turns it into ``ray.util.metrics`` in the Serve replicas and
 consumer actors; unit tests pass a plain fake), and ``grafana/dashboard.py`` builds its
 PromQL from :attr:`Metric.prometheus`. Ray-free: nothing here imports Ray.
+
+Names follow Prometheus' conventions: the unit comes last (``_tweets``, ``_messages``,
+``_requests``, ``_seconds``; a 0/1 gauge has none), and Ray's exporter adds ``ray_`` in
+front and ``_total`` after a counter's name.
 """
 
 from __future__ import annotations
@@ -20,39 +24,49 @@ class Metric:
     """One application metric; ``tag_keys`` are the only tags a sample may carry."""
 
     name: str
-    kind: Literal["counter", "gauge"]
+    kind: Literal["counter", "gauge", "histogram"]
     description: str
     tag_keys: tuple[str, ...]
+    boundaries: tuple[float, ...] = ()
+    """A histogram's bucket upper bounds (Prometheus ``le``), increasing."""
 
     @property
     def prometheus(self) -> str:
-        """The series name Prometheus scrapes (Ray adds ``ray_``; counters end in ``_total``)."""
+        """The series name Prometheus scrapes (Ray adds ``ray_``; counters end in ``_total``;
+        a histogram's series are this name plus ``_bucket``, ``_sum`` and ``_count``)."""
         suffix = "_total" if self.kind == "counter" else ""
         return f"{RAY_PREFIX}{self.name}{suffix}"
 
 
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+"""Publish latency buckets: from a write to local brokers (a few ms) to past the publish
+timeout (5 s by default), so a write that timed out still lands in a finite bucket."""
+
+
 ACCEPTED = Metric(
-    "weather_tweets_accepted",
+    "weather_accepted_tweets",
     "counter",
     "Tweets accepted (202 / OK: both brokers confirmed), by face.",
     ("face",),
 )
 REJECTED = Metric(
-    "weather_requests_rejected",
+    "weather_rejected_requests",
     "counter",
     "Publish requests refused, by face and status (HTTP status or gRPC code name).",
     ("face", "code"),
 )
 UNAVAILABLE = Metric(
-    "weather_publish_unavailable",
+    "weather_unavailable_requests",
     "counter",
     "Publish requests answered 503 / UNAVAILABLE, per broker that did not confirm.",
     ("face", "broker"),
 )
 CHUNKS_PUBLISHED = Metric(
-    "weather_chunks_published",
+    "weather_published_messages",
     "counter",
-    "Chunks (broker messages) a broker confirmed.",
+    "Broker messages (chunks of tweets) a broker confirmed.",
     ("broker",),
 )
 CONSUMER_TWEETS = Metric(
@@ -63,13 +77,13 @@ CONSUMER_TWEETS = Metric(
     ("consumer", "outcome"),
 )
 BACKLOG = Metric(
-    "weather_broker_backlog",
+    "weather_broker_backlog_messages",
     "gauge",
     "Messages waiting for the consumers: Kafka consumer-group lag, RabbitMQ ready messages.",
     ("broker",),
 )
 DEAD_LETTERS = Metric(
-    "weather_broker_dead_letters",
+    "weather_broker_dead_letter_messages",
     "gauge",
     "Messages in the dead-letter topic (Kafka) or dead-letter queue (RabbitMQ).",
     ("broker",),
@@ -82,17 +96,32 @@ ADMISSION_REFUSING = Metric(
     ("broker",),
 )
 PARKED_DEAD_LETTERS = Metric(
-    "weather_parked_dead_letters",
+    "weather_parked_dead_letter_messages",
     "gauge",
     "Dead letters parked in a consumer's store because the dead-letter broker could not take "
     "them (alarm, outage); published again in the background.",
     ("consumer",),
 )
 SKIPPED_RECORDS = Metric(
-    "weather_skipped_records",
+    "weather_skipped_messages",
     "counter",
     "Broker records deleted before a consumer read them (Kafka retention): never counted.",
     ("consumer",),
+)
+PUBLISH_LATENCY = Metric(
+    "weather_publish_latency_seconds",
+    "histogram",
+    "Seconds from the start of a write to both brokers (one group commit of a Gateway "
+    "replica) until every broker confirmed it (outcome=confirmed) or one did not (failed).",
+    ("outcome",),
+    LATENCY_BUCKETS_S,
+)
+FRESHNESS = Metric(
+    "weather_store_freshness_seconds",
+    "gauge",
+    "Seconds between now and the acceptance of the newest tweet a consumer counted in its "
+    "store (set every second by each consumer; it grows while nothing new arrives).",
+    ("store",),
 )
 
 ALL: tuple[Metric, ...] = (
@@ -106,6 +135,8 @@ ALL: tuple[Metric, ...] = (
     ADMISSION_REFUSING,
     PARKED_DEAD_LETTERS,
     SKIPPED_RECORDS,
+    PUBLISH_LATENCY,
+    FRESHNESS,
 )
 
 FACES = ("rest", "grpc", "stream")
@@ -121,6 +152,8 @@ class MetricsSink(Protocol):
 
     def set(self, metric: Metric, value: float, **tags: str) -> None: ...
 
+    def observe(self, metric: Metric, value: float, **tags: str) -> None: ...
+
 
 class NoMetrics:
     """The sink of a core nobody observes (unit tests, tooling)."""
@@ -129,6 +162,9 @@ class NoMetrics:
         return None
 
     def set(self, metric: Metric, value: float, **tags: str) -> None:
+        return None
+
+    def observe(self, metric: Metric, value: float, **tags: str) -> None:
         return None
 
 

@@ -22,6 +22,8 @@ from serve_app.model.metrics import (
     BACKLOG,
     CHUNKS_PUBLISHED,
     CONSUMER_TWEETS,
+    FRESHNESS,
+    PUBLISH_LATENCY,
     REJECTED,
     Metric,
 )
@@ -34,6 +36,9 @@ COUNTRIES = ("KI", "TV")
 SCRAPE_WAIT_S = 120.0
 """Ray reports a worker's metrics to the node's exporter every few seconds (10 s default)."""
 RAY_SERVE_TAGS = {"application", "deployment", "replica", "route"}
+FRESH_S = 60.0
+"""The stores' freshness right after this test's tweets were counted: well under a minute
+(the gauge is set every second, and Ray exports it every few seconds)."""
 
 
 def metrics_endpoint() -> str:
@@ -55,9 +60,17 @@ def scrape(endpoint: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def total(samples: Mapping[str, list[tuple[dict[str, str], float]]], m: Metric, **tags: str):
-    """Sum over every process (replica, actor) exporting the series with these tags."""
-    series = samples.get(m.prometheus, [])
+    """Sum over every process (replica, actor) exporting the series with these tags (a
+    histogram: its samples' count)."""
+    name = f"{m.prometheus}_count" if m.kind == "histogram" else m.prometheus
+    series = samples.get(name, [])
     return sum(v for labels, v in series if all(labels.get(k) == t for k, t in tags.items()))
+
+
+def freshest(samples: Mapping[str, list[tuple[dict[str, str], float]]], store: str):
+    """The smallest age any consumer of ``store`` exports (None: none exports one)."""
+    ages = [v for labels, v in samples.get(FRESHNESS.prometheus, []) if labels["store"] == store]
+    return min(ages, default=None)
 
 
 def as_json(tweet_id: str, i: int) -> dict[str, str]:
@@ -105,6 +118,7 @@ async def test_counters_reach_rays_prometheus_endpoint(devstack_serve) -> None:
         (REJECTED, (("face", "rest"), ("code", "422"))): 1,
         (CHUNKS_PUBLISHED, (("broker", "kafka"),)): 2,  # KI and TV records at least
         (CHUNKS_PUBLISHED, (("broker", "rabbitmq"),)): 1,
+        (PUBLISH_LATENCY, (("outcome", "confirmed"),)): 1,  # one per write, not per request
     }
     for consumer in ("kafka", "rabbitmq"):
         for outcome, least in (("applied", 6), ("duplicate", 6), ("dead_lettered", 1)):
@@ -121,6 +135,12 @@ async def test_counters_reach_rays_prometheus_endpoint(devstack_serve) -> None:
                 labels.get("broker") == broker for labels, _ in now.get(BACKLOG.prometheus, [])
             ):
                 short.append(f"{BACKLOG.prometheus}{{broker={broker}}}: not exported")
+        for store in ("redis", "valkey"):
+            age = freshest(now, store)
+            if age is None or age > FRESH_S:
+                short.append(
+                    f"{FRESHNESS.prometheus}{{store={store}}}: {age}, expected <= {FRESH_S:g}"
+                )
         return short
 
     deadline = time.monotonic() + SCRAPE_WAIT_S

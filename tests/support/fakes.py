@@ -78,12 +78,13 @@ class FakeGrpcContext:
 
 
 class RecordingMetrics:
-    """A metrics sink that keeps counts and gauges in memory; like Ray, it refuses a sample
-    whose tags are not exactly the metric's ``tag_keys``."""
+    """A metrics sink that keeps counts, gauges and histogram samples in memory; like Ray,
+    it refuses a sample whose tags are not exactly the metric's ``tag_keys``."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
 
     @staticmethod
     def _key(metric: Metric, tags: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -98,6 +99,13 @@ class RecordingMetrics:
     def set(self, metric: Metric, value: float, **tags: str) -> None:
         assert metric.kind == "gauge", metric
         self.gauges[self._key(metric, tags)] = value
+
+    def observe(self, metric: Metric, value: float, **tags: str) -> None:
+        assert metric.kind == "histogram" and value >= 0, (metric, value)
+        self.samples.setdefault(self._key(metric, tags), []).append(value)
+
+    def observed(self, metric: Metric, **tags: str) -> list[float]:
+        return self.samples.get(self._key(metric, tags), [])
 
     def count(self, metric: Metric, **tags: str) -> float:
         return self.counts[self._key(metric, tags)]

@@ -26,7 +26,9 @@ from serve_app.consume.core import (
     conflict_letters,
     stale_actors,
 )
+from serve_app.consume.freshness import FRESHNESS_EXPORT_S
 from serve_app.model.codec import EncodedBatch
+from serve_app.model.metrics import FRESHNESS
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
 from serve_app.store.core import CountedTweet, Displaced, RecordResult, marker, wins
@@ -317,6 +319,30 @@ async def test_skipped_records_are_counted_in_the_store_and_reported() -> None:
     loop = await run_loop(store, source, lambda lp: lp.batches == 1)
     assert store.skipped == {"weather-tweets/2": 10}
     assert loop.status()["skipped"] == 10 and loop.status()["batches"] == 1
+
+
+async def test_a_consumer_exports_the_age_of_the_newest_tweet_it_counted() -> None:
+    """The loop books each batch's newest acceptance time, and its own task sets the
+    store's freshness gauge (every FRESHNESS_EXPORT_S) without any batch arriving."""
+    metrics = RecordingMetrics()
+    source = FakeSource([[chunk([tweet(1), tweet(2)], "m")]], [])
+
+    @contextlib.asynccontextmanager
+    async def open_source(report: Any) -> AsyncIterator[FakeSource]:
+        yield source
+
+    loop = ConsumerLoop("k-0", "kafka", FakeStore(), open_source, metrics, store_name="redis")
+    loop.ensure_task()
+    try:
+        for _ in range(int((FRESHNESS_EXPORT_S + BOUND_S) / 0.01)):
+            if metrics.gauge(FRESHNESS, store="redis") is not None:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await loop.stop()
+    assert loop.freshness.newest_at == NOW.timestamp()
+    exported = metrics.gauge(FRESHNESS, store="redis")
+    assert exported is not None and exported >= datetime.now(UTC).timestamp() - NOW.timestamp() - 5
 
 
 async def test_parked_letters_are_published_in_the_background_and_shown() -> None:

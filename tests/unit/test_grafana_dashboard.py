@@ -160,18 +160,50 @@ def test_prometheus_queries_use_ray_serve_metrics(board):
     assert {"serve_deployment_request_counter", "serve_deployment_replica_healthy"} <= used
 
 
+def _series_metric(name: str, defined: dict[str, metrics.Metric]) -> metrics.Metric | None:
+    """The metric a series belongs to: its own name, or a histogram's _bucket/_sum/_count."""
+    if name in defined:
+        return defined[name]
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    metric = defined.get(base)
+    return metric if metric is not None and metric.kind == "histogram" else None
+
+
 def test_pipeline_panels_query_the_metrics_defined_in_code(board):
     defined = {m.prometheus: m for m in metrics.ALL}
     used: set[str] = set()
     for panel, target in _targets(board):
         names = re.findall(r"\bray_weather_[a-z_]+", target.get("expr", ""))
         for name in names:
-            assert name in defined, f"{panel['title']}: {name} is not in serve_app.model.metrics"
+            metric = _series_metric(name, defined)
+            assert metric, f"{panel['title']}: {name} is not in serve_app.model.metrics"
             grouped = re.search(r"\bby \(([^)]*)\)", target["expr"])
             labels = {g.strip() for g in grouped.group(1).split(",")} if grouped else set()
-            assert labels <= set(defined[name].tag_keys), f"{panel['title']}: {labels}"
-            used.add(name)
+            known = set(metric.tag_keys) | ({"le"} if metric.kind == "histogram" else set())
+            assert labels <= known, f"{panel['title']}: {labels}"
+            assert set(re.findall(r"(\w+)=", target["expr"])) <= known, panel["title"]
+            used.add(metric.prometheus)
     assert used == set(defined), f"metrics without a panel: {sorted(set(defined) - used)}"
+
+
+def test_panels_of_the_publish_latency_and_the_stores_freshness(board):
+    """Latency quantiles from the histogram's buckets, in seconds; freshness per store, the
+    smallest age over a store's consumers (its newest tweet), in seconds."""
+    panels = {p["title"]: p for p in _panels(board)}
+    latency = panels["Publish latency: write start to both brokers confirmed"]
+    exprs = [t["expr"] for t in latency["targets"]]
+    assert [re.match(r"histogram_quantile\(([\d.]+),", e).group(1) for e in exprs] == [
+        "0.5",
+        "0.95",
+        "0.99",
+    ]
+    assert all(f"{metrics.PUBLISH_LATENCY.prometheus}_bucket" in e for e in exprs)
+    assert len({t["refId"] for t in latency["targets"]}) == 3
+    freshness = panels["Store freshness: age of the newest tweet counted"]
+    [target] = freshness["targets"]
+    assert target["expr"] == f"min by (store) ({metrics.FRESHNESS.prometheus})"
+    for panel in (latency, freshness):
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
 def test_dashboards_are_provisioned():

@@ -3,14 +3,17 @@ tests/stack/test_metrics.py checks that the running stack exports them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import grpc
+import pytest
 from starlette.testclient import TestClient
 
 from devstack.config import app_settings
 from serve_app.dashboard.core import DashboardCore
-from serve_app.ingest.core import Ingest
+from serve_app.errors import PublishFailed
+from serve_app.ingest.core import Coalescer, Ingest, accept
 from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.rest import build_rest_app
 from serve_app.model import metrics
@@ -19,6 +22,8 @@ from serve_app.model.metrics import (
     BACKLOG,
     CHUNKS_PUBLISHED,
     DEAD_LETTERS,
+    LATENCY_BUCKETS_S,
+    PUBLISH_LATENCY,
     REJECTED,
     UNAVAILABLE,
     Metric,
@@ -58,8 +63,35 @@ def test_metric_names_are_prometheus_names_and_unique() -> None:
         assert re.fullmatch(r"weather_[a-z_]+", metric.name), metric.name
         assert metric.description and metric.tag_keys
         assert not RAY_SERVE_TAGS & set(metric.tag_keys), "tags Ray Serve reserves"
-    assert ACCEPTED.prometheus == "ray_weather_tweets_accepted_total"
-    assert BACKLOG.prometheus == "ray_weather_broker_backlog"
+    assert ACCEPTED.prometheus == "ray_weather_accepted_tweets_total"
+    assert BACKLOG.prometheus == "ray_weather_broker_backlog_messages"
+    assert PUBLISH_LATENCY.prometheus == "ray_weather_publish_latency_seconds"
+
+
+UNITS = ("_tweets", "_messages", "_requests", "_seconds")
+UNITLESS = {metrics.ADMISSION_REFUSING}
+"""0/1 gauges: Prometheus gives a boolean no unit."""
+
+
+def test_metric_names_end_in_their_unit() -> None:
+    """Prometheus' convention: the unit last (Ray then adds ``_total`` to a counter)."""
+    for metric in metrics.ALL:
+        assert metric.name.endswith(UNITS) != (metric in UNITLESS), metric.name
+        assert not metric.name.endswith("_total"), "Ray adds _total to counters"
+        assert (metric.kind == "histogram") == bool(metric.boundaries), metric.name
+    assert {m.kind for m in UNITLESS} == {"gauge"}
+
+
+def test_latency_buckets_span_a_local_write_to_past_the_publish_timeout() -> None:
+    """Increasing; the first below a write to brokers on this machine (a few ms), the last
+    above the publish timeout, so a write that timed out still has a finite bucket; few
+    enough that every Gateway replica's series stay cheap."""
+    assert list(LATENCY_BUCKETS_S) == sorted(set(LATENCY_BUCKETS_S))
+    assert 0 < LATENCY_BUCKETS_S[0] <= 0.001
+    assert LATENCY_BUCKETS_S[-1] > settings.publish_timeout_s
+    assert LATENCY_BUCKETS_S[-1] > type(settings).model_fields["publish_timeout_s"].default
+    assert len(LATENCY_BUCKETS_S) <= 15
+    assert PUBLISH_LATENCY.boundaries == LATENCY_BUCKETS_S
 
 
 # --- what the cores count (fakes) -----------------------------------------------------------
@@ -134,6 +166,31 @@ async def test_grpc_counts_by_face_and_code() -> None:
     assert sink.by_tag(REJECTED, "code") == {"INVALID_ARGUMENT": 2, "UNAVAILABLE": 1}
     assert sink.count(UNAVAILABLE, face="grpc", broker="kafka") == 1
     assert sink.by_tag(UNAVAILABLE, "face") == {"grpc": 1}
+
+
+async def test_publish_latency_is_observed_once_per_write_with_its_outcome() -> None:
+    """A write carries every request coalesced into it: one sample per write, in process;
+    a refusal by admission control writes nothing and observes nothing."""
+    sink = RecordingMetrics()
+    ingest, _, rabbit = make_ingest(metrics=sink)
+    coalescer = Coalescer(ingest.publish, max_tweets=1000, linger_s=0.01)
+    tweets = [ingest.validate([{**SEED, "id": f"lat-{i}"}]) for i in range(3)]
+    await asyncio.gather(*(coalescer.submit(accept(t)) for t in tweets))
+    [confirmed] = sink.observed(PUBLISH_LATENCY, outcome="confirmed")
+    assert 0 <= confirmed < 1
+    rabbit.fail = "connection refused"
+    with pytest.raises(PublishFailed):
+        await ingest.publish(accept(tweets[0]))
+    assert len(sink.observed(PUBLISH_LATENCY, outcome="failed")) == 1
+    ingest.admission.check = _refuse  # type: ignore[method-assign]
+    with pytest.raises(PublishFailed):
+        await ingest.publish(accept(tweets[0]))
+    assert len(sink.observed(PUBLISH_LATENCY, outcome="failed")) == 1
+    assert len(sink.observed(PUBLISH_LATENCY, outcome="confirmed")) == 1
+
+
+def _refuse() -> None:
+    raise PublishFailed({"kafka": "backlog over its limit"})
 
 
 async def test_dashboard_sample_exports_backlog_gauges_and_keeps_the_last_known() -> None:
