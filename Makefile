@@ -126,7 +126,7 @@ screenshot: up  ## Refresh docs/screenshot-dashboard.png from the running stack
 
 # The documentation site (docs/, mkdocs.yml): strict, so a broken link or anchor fails.
 docs: venv  ## Build the documentation site into site/ (strict: broken links fail)
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # ruff, and the import contracts of pyproject.toml (which stage may import what).
 lint: venv  ## ruff and the import contracts
