@@ -1,5 +1,4 @@
-"""Render the RayService's generated kustomize patches from ``serve_config.yaml`` and
-``ray-env.yaml``.
+"""Render the RayService's kustomize patches from serve_config.yaml and ray-env.yaml.
 
 ``serve_config.yaml`` is the one Serve config: ``make up`` deploys it locally and the
 RayService embeds it as ``serveConfigV2`` (``serve-config.patch.yaml``), so it is never
