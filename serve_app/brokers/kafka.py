@@ -28,6 +28,7 @@ from aiokafka.errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
+    for_code,
 )
 from aiokafka.structs import ConsumerRecord
 
@@ -39,7 +40,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
-from serve_app.errors import ConnectFailed, describe
+from serve_app.errors import ConfigError, ConnectFailed, describe
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -148,9 +149,23 @@ async def ensure_kafka_topics(settings: Settings) -> None:
         ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
-                await admin.create_topics(missing)
+                refused = topic_refusals(await admin.create_topics(missing))
+                if refused:
+                    raise ConfigError(f"kafka refused to create {'; '.join(refused)}")
     finally:
         await admin.close()
+
+
+def topic_refusals(response: Any) -> list[str]:
+    """Each topic a CreateTopics response refused, with the broker's reason (e.g. more
+    replicas than brokers); a topic that already exists (another replica made it) is fine."""
+    refusals = []
+    for topic, code, *message in getattr(response, "topic_errors", []):
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        reason = f"{topic}: {for_code(code).__name__}"
+        refusals.append(f"{reason}: {message[0]}" if message and message[0] else reason)
+    return refusals
 
 
 async def start_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:

@@ -41,7 +41,7 @@ from devstack.servers.kafka import Kafka
 from devstack.servers.resp import Redis, Valkey
 from serve_app.brokers.kafka import ensure_kafka_topics, open_kafka_source, start_producer
 from serve_app.brokers.rabbitmq import RabbitChunkWriter, open_rabbit_source
-from serve_app.errors import ConnectFailed
+from serve_app.errors import ConfigError, ConnectFailed
 from serve_app.model.codec import Chunk
 from serve_app.settings import Settings
 from serve_app.store.client import TweetStore, connect_store, verify_store
@@ -57,6 +57,7 @@ WRONG = "not-the-password"
 CONNECT_TIMEOUT_S = 8.0
 FAILURE_BOUND_S = 2 * CONNECT_TIMEOUT_S + 5  # a failure may retry the handshake once
 START_TIMEOUT_S = 150.0
+TOPIC_CONFIG_SOURCE = 1  # DescribeConfigs: set on the topic itself (not a broker default)
 RABBITMQ_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 
@@ -72,24 +73,24 @@ class Certs:
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    folder = tmp_path_factory.mktemp("certs")
-    ca, other = trustme.CA(), trustme.CA()
-    issued = ca.issue_cert(LOCALHOST, "localhost")
-    paths = Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key",
-                  folder / "untrusted-ca.pem")  # fmt: skip
-    ca.cert_pem.write_to_path(str(paths.ca))
-    other.cert_pem.write_to_path(str(paths.untrusted_ca))
-    paths.cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
-    paths.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certs]:
+    with own_folder(tmp_path_factory, "certs") as folder:
+        ca, other = trustme.CA(), trustme.CA()
+        issued = ca.issue_cert(LOCALHOST, "localhost")
+        paths = Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key",
+                      folder / "untrusted-ca.pem")  # fmt: skip
+        ca.cert_pem.write_to_path(str(paths.ca))
+        other.cert_pem.write_to_path(str(paths.untrusted_ca))
+        paths.cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
+        paths.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
-    )
-    return paths
+        yield paths
 
 
 # ---------------------------------------------------------------------------- processes
@@ -576,3 +577,45 @@ async def test_a_server_that_never_answers_is_a_clear_error_not_a_hang(
     ):
         error, took = await refused(attempt)
         assert took < 3 * 2.0 + 2, error
+
+
+async def test_topics_are_created_with_the_configured_replication(kafka: Settings):
+    """Both topics get kafka_replication_factor replicas: two on a one-broker cluster is
+    refused by the broker (which shows the setting reached it), and that is an error naming
+    the topic and the reason, not a silent return."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from serve_app.brokers.kafka import kafka_connection, start_kafka_client
+
+    suffix = uuid.uuid4().hex[:8]
+    two = kafka.model_copy(
+        update={
+            "kafka_topic": f"tls-rf2-{suffix}",
+            "kafka_dead_letter_topic": f"tls-rf2-dlq-{suffix}",
+            "kafka_replication_factor": 2,
+            "kafka_min_insync_replicas": 2,
+        }
+    )
+    await ensure_kafka_topics(kafka)
+    with pytest.raises(ConfigError) as refused:
+        await ensure_kafka_topics(two)
+    print(f"\n{refused.value}")
+    assert "InvalidReplicationFactor" in str(refused.value)
+    assert two.kafka_topic in str(refused.value)
+    topics = [kafka.kafka_topic, kafka.kafka_dead_letter_topic]
+    admin = AIOKafkaAdminClient(**kafka_connection(kafka))
+    await start_kafka_client(kafka, admin.start, admin.close)
+    try:
+        existing = set(await admin.list_topics())
+        described = await admin.describe_topics(topics)
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        configs = await admin.describe_configs(resources)
+    finally:
+        await admin.close()
+    replicas = {len(p["replicas"]) for t in described for p in t["partitions"]}
+    assert replicas == {kafka.kafka_replication_factor}
+    entries = [e for r in configs for res in r.resources for e in res[4]]
+    min_isr = [e for e in entries if e[0] == "min.insync.replicas"]
+    assert [(e[1], e[3]) for e in min_isr] == [("1", TOPIC_CONFIG_SOURCE)] * 2, min_isr
+    assert not {two.kafka_topic, two.kafka_dead_letter_topic} & existing

@@ -13,7 +13,7 @@ import pytest
 import trustme
 from pydantic import SecretStr, ValidationError
 
-from serve_app.brokers.kafka import kafka_connection, kafka_ssl_context
+from serve_app.brokers.kafka import kafka_connection, kafka_ssl_context, topic_refusals
 from serve_app.brokers.rabbitmq import rabbit_ssl_context
 from serve_app.errors import ConnectFailed, PipelineError
 from serve_app.settings import Settings, tls_context
@@ -286,3 +286,18 @@ def test_store_clients_log_in_as_the_acl_user_over_tls(store: str, ca_files):
     assert kwargs["socket_connect_timeout"] == settings.connect_timeout_s
     connection = pool.make_connection()
     assert connection._connection_arguments()["ssl"] is kwargs["tls_context"]
+
+
+def test_a_topic_the_broker_refused_to_create_is_named_with_its_reason():
+    class Response:
+        topic_errors = [
+            ("weather-tweets", 38, "The target replication factor of 3 cannot be reached"),
+            ("weather-tweets-dlq", 36, "Topic 'weather-tweets-dlq' already exists."),
+            ("other", 0, None),
+        ]
+
+    assert topic_refusals(Response()) == [
+        "weather-tweets: InvalidReplicationFactorError: "
+        "The target replication factor of 3 cannot be reached"
+    ]
+    assert topic_refusals(object()) == []
