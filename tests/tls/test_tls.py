@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trustme
@@ -619,3 +621,25 @@ async def test_topics_are_created_with_the_configured_replication(kafka: Setting
     min_isr = [e for e in entries if e[0] == "min.insync.replicas"]
     assert [(e[1], e[3]) for e in min_isr] == [("1", TOPIC_CONFIG_SOURCE)] * 2, min_isr
     assert not {two.kafka_topic, two.kafka_dead_letter_topic} & existing
+
+
+async def test_no_password_reaches_a_log_line_when_logins_fail(
+    kafka: Settings, rabbitmq: Settings, stores: Settings, caplog: pytest.LogCaptureFixture
+):
+    """The clients log at DEBUG while they connect and fail: neither the right password nor
+    a wrong one may appear in any of it."""
+    attempts = [
+        lambda: _start_and_stop(kafka.model_copy(update={"kafka_sasl_password": SecretStr(WRONG)})),
+        lambda: _rabbit_write(rabbitmq.model_copy(update={"rabbitmq_password": SecretStr(WRONG)})),
+        lambda: _ping(stores.model_copy(update={"redis_password": SecretStr(WRONG)}), "redis"),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        await _start_and_stop(kafka)
+        await _rabbit_write(rabbitmq)
+        await _ping(stores, "redis")
+        for attempt in attempts:
+            with pytest.raises(ConnectFailed):
+                await attempt()
+    assert caplog.records, "the clients logged nothing at DEBUG: the check would be empty"
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), WRONG):  # raw and as in a URL
+        assert secret not in caplog.text
