@@ -60,7 +60,7 @@ def describe(exc: BaseException, limit: int = DEFAULT_LIMIT) -> str:
     """One line naming a failure (``str()`` of a Ray-wrapped error would carry a traceback)."""
     if isinstance(exc, BrokerUnavailable):
         return exc.reason[:limit]
-    if isinstance(exc, PublishFailed):
+    if isinstance(exc, PublishFailed | ConnectFailed):
         return str(exc)[:limit]
     if isinstance(exc, TimeoutError):
         return "timed out"

@@ -15,7 +15,7 @@ from pydantic import SecretStr, ValidationError
 
 from serve_app.brokers.kafka import kafka_connection, kafka_ssl_context, topic_refusals
 from serve_app.brokers.rabbitmq import rabbit_ssl_context
-from serve_app.errors import ConnectFailed, PipelineError
+from serve_app.errors import ConnectFailed, PipelineError, describe
 from serve_app.settings import Settings, tls_context
 from serve_app.store.client import TLSConnection, connect_store
 
@@ -210,6 +210,7 @@ def test_connect_failed_names_the_server_and_survives_pickling():
         == "kafka at SASL_SSL://b-1.example:9096: cannot connect: SaslAuthenticationFailed"
     )
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    assert describe(error) == str(error)  # what a 503, /health or a log line shows
 
 
 # ------------------------------------------------------------------- the TLS context builder
