@@ -172,11 +172,9 @@ class Settings(BaseSettings):
         names = [f"{prefix}{suffix}" for suffix in TLS_FILE_SUFFIXES]
         given = [name for name in names if getattr(self, name)]
         if given and not self.uses_tls(prefix):
-            switch = (
-                "kafka_security_protocol SSL or SASL_SSL"
-                if prefix == "kafka"
-                else (f"{prefix}_tls=true")
-            )
+            switch = f"{prefix}_tls=true"
+            if prefix == "kafka":
+                switch = "kafka_security_protocol SSL or SASL_SSL"
             raise ConfigError(f"{', '.join(given)} set but TLS is off: set {switch}")
         for name in given:
             path = Path(getattr(self, name))
