@@ -367,6 +367,12 @@ def _pipeline_panels() -> list[timeseries.Panel]:
             metrics.ADMISSION_REFUSING,
             ("broker",),
         ),
+        _rate_panel(
+            "Admission poller restarts/s (reason in GET /health)",
+            metrics.POLLER_RESTARTS,
+            ("task",),
+            "cps",
+        ),
         _latency_panel(
             "Publish latency: write start to both brokers confirmed",
             metrics.PUBLISH_LATENCY,

@@ -39,6 +39,7 @@ from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.rest import build_rest_app
 from serve_app.ingest.supervisor import supervise
 from serve_app.model.codec import Chunk
+from serve_app.model.metrics import POLLER_RESTARTS
 from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
 from serve_app.runtime import ray_metrics
@@ -144,7 +145,13 @@ class Gateway:
             self.publish,
             lambda latest: read_side_by_side(self._stores, latest),
             extra_routes=[Route("/", to_dashboard, methods=["GET"]), *docs_routes("/openapi.json")],
-            background=lambda: supervise(self._watch_backlogs, self.ingest.admission.poller),
+            background=lambda: supervise(
+                self._watch_backlogs,
+                self.ingest.admission.poller,
+                on_restart=lambda _: self.ingest.metrics.inc(
+                    POLLER_RESTARTS, task="backlog_poller"
+                ),
+            ),
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -108,6 +108,13 @@ SKIPPED_RECORDS = Metric(
     "Broker records deleted before a consumer read them (Kafka retention): never counted.",
     ("consumer",),
 )
+POLLER_RESTARTS = Metric(
+    "weather_admission_poller_restarts",
+    "counter",
+    "Times a Gateway replica's backlog poller ended and was started again (its reason is in "
+    "GET /health); while it is down the replica's admission readings go stale.",
+    ("task",),
+)
 PUBLISH_LATENCY = Metric(
     "weather_publish_latency_seconds",
     "histogram",
@@ -133,6 +140,7 @@ ALL: tuple[Metric, ...] = (
     BACKLOG,
     DEAD_LETTERS,
     ADMISSION_REFUSING,
+    POLLER_RESTARTS,
     PARKED_DEAD_LETTERS,
     SKIPPED_RECORDS,
     PUBLISH_LATENCY,

@@ -68,7 +68,7 @@ def test_metric_names_are_prometheus_names_and_unique() -> None:
     assert PUBLISH_LATENCY.prometheus == "ray_weather_publish_latency_seconds"
 
 
-UNITS = ("_tweets", "_messages", "_requests", "_seconds")
+UNITS = ("_tweets", "_messages", "_requests", "_seconds", "_restarts")
 UNITLESS = {metrics.ADMISSION_REFUSING}
 """0/1 gauges: Prometheus gives a boolean no unit."""
 
