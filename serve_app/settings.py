@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=2, ge=1)
     stream_max_in_flight: int = Field(default=8, ge=1)  # frames per WebSocket being published
+    # Streams may hold at most this many of a Gateway replica's request slots (Serve's
+    # max_ongoing_requests, 256), so open sockets never starve POST /input or /health; one
+    # that sends nothing for stream_idle_timeout_s is closed; the frames every stream of a
+    # replica holds while they are published stay under stream_max_bytes_in_flight.
+    stream_max_open: int = Field(default=64, ge=1)
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    stream_max_bytes_in_flight: int = Field(default=67_108_864, ge=1)  # 64 MiB
 
     # Admission control (README "Admission control"): refuse new tweets (503) before an
     # undrained backlog nears what a broker keeps. Kafka keeps 1 GiB per partition for 24 h

@@ -69,6 +69,9 @@ def limits_from(config: Settings) -> IngestLimits:
         max_json_depth=config.max_json_depth,
         retry_after_s=config.retry_after_s,
         stream_max_in_flight=config.stream_max_in_flight,
+        stream_max_open=config.stream_max_open,
+        stream_idle_timeout_s=config.stream_idle_timeout_s,
+        stream_max_bytes_in_flight=config.stream_max_bytes_in_flight,
     )
 
 

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from serve_app.errors import PipelineError, PublishFailed, describe
 from serve_app.ingest.core import FaceMetrics, Ingest, IngestLimits, accept, distinct
 from serve_app.ingest.openapi import openapi_document
+from serve_app.ingest.streams import StreamBudget
 from serve_app.model.schema import Tweet, TweetIn, TweetValidationError
 
 log = logging.getLogger("ray.serve")
@@ -272,32 +273,62 @@ async def frame_answer(
     return {"frame": frame, "status": status, **answer, **retry}
 
 
-async def stream_frames(websocket: WebSocket, limits: IngestLimits, take: Take) -> None:
+IDLE_CLOSE_CODE = 1000  # normal closure: the client may simply open a new stream
+BUSY_CLOSE_CODE = 1013  # "try again later": the replica serves as many streams as it may
+
+
+def frame_size(message: dict[str, Any]) -> int:
+    """Bytes a received frame holds (text or binary; a disconnect holds none)."""
+    return len(message.get("text") or "") + len(message.get("bytes") or b"")
+
+
+async def stream_frames(
+    websocket: WebSocket, limits: IngestLimits, take: Take, budget: StreamBudget
+) -> None:
     """Read frames and publish up to ``stream_max_in_flight`` of them at once, acknowledging
-    each in the order it came. At the bound the reader stops reading until the oldest frame
-    is acknowledged, so a client that sends faster than both brokers confirm fills its TCP
-    window instead of our memory. A client that leaves gets no more acknowledgements; the
-    frames already being published finish (and are answered to nobody)."""
+    each in the order it came. At the bound, or while the replica's frames in flight are at
+    ``budget``'s bytes, the reader stops reading until the oldest frame is acknowledged, so a
+    client that sends faster than both brokers confirm fills its TCP window instead of our
+    memory. A stream that sends nothing for ``stream_idle_timeout_s`` is answered what it
+    sent and then closed. A client that leaves gets no more acknowledgements; the frames
+    already being published finish (and are answered to nobody)."""
     slots = asyncio.Semaphore(limits.stream_max_in_flight)
-    pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue()
+    pending: asyncio.Queue[tuple[asyncio.Task[dict[str, Any]], int] | None] = asyncio.Queue()
+    held = [0]  # frame bytes this stream holds in the replica's budget
+    idle = [False]
 
     async def read() -> None:
         for frame in itertools.count():
             await slots.acquire()
-            message = await websocket.receive()
+            try:
+                async with asyncio.timeout(limits.stream_idle_timeout_s):
+                    message = await websocket.receive()
+            except TimeoutError:
+                idle[0] = True
+                break
             if message["type"] == "websocket.disconnect":
                 break
-            pending.put_nowait(asyncio.create_task(frame_answer(frame, message, limits, take)))
+            size = frame_size(message)
+            await budget.take(size)
+            held[0] += size
+            task = asyncio.create_task(frame_answer(frame, message, limits, take))
+            pending.put_nowait((task, size))
         pending.put_nowait(None)
 
     async def acknowledge() -> None:
-        while (task := await pending.get()) is not None:
+        while (item := await pending.get()) is not None:
+            task, size = item
             await websocket.send_json(await task)
+            held[0] -= size
+            await budget.give_back(size)
             slots.release()
 
     reader, sender = asyncio.create_task(read()), asyncio.create_task(acknowledge())
     try:
         await asyncio.wait((reader, sender), return_when=asyncio.FIRST_EXCEPTION)
+        if idle[0] and sender.done() and sender.exception() is None:
+            reason = f"no frame for {limits.stream_idle_timeout_s:g} s"
+            await websocket.close(code=IDLE_CLOSE_CODE, reason=reason)
     finally:
         for task in (reader, sender):
             task.cancel()
@@ -305,6 +336,22 @@ async def stream_frames(websocket: WebSocket, limits: IngestLimits, take: Take) 
                 asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError
             ):
                 await task
+        await budget.give_back(held[0])
+
+
+async def serve_stream(
+    websocket: WebSocket, limits: IngestLimits, take: Take, budget: StreamBudget
+) -> None:
+    """One ``/input/stream`` connection, within the replica's stream budget."""
+    await websocket.accept()
+    if not budget.try_open():
+        reason = f"this replica serves {budget.max_open} streams already: retry later"
+        await websocket.close(code=BUSY_CLOSE_CODE, reason=reason)
+        return
+    try:
+        await stream_frames(websocket, limits, take, budget)
+    finally:
+        budget.closed()
 
 
 def after_ingest(stats: dict[str, Any]) -> dict[str, int]:
@@ -334,6 +381,7 @@ def build_rest_app(
     limits = ingest.limits
     counted = ingest.face_metrics("rest")
     streamed = ingest.face_metrics("stream")
+    streams = StreamBudget(limits.stream_max_open, limits.stream_max_bytes_in_flight)
 
     async def post_input(request: Request) -> Response:
         try:
@@ -353,8 +401,7 @@ def build_rest_app(
             raise
 
     async def input_stream(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await stream_frames(websocket, limits, take_frame)
+        await serve_stream(websocket, limits, take_frame, streams)
 
     async def get_health(request: Request) -> Response:
         brokers = await ingest.health()
@@ -373,6 +420,7 @@ def build_rest_app(
         body = {"status": status, "app": {"ok": True}, **brokers, "admission": admission}
         if background is not None:
             body["admission_poller"] = poller.report()
+        body["streams"] = streams.report()
         body["stores"] = losses
         return JSONResponse(body, status_code=200 if healthy else 503)
 
