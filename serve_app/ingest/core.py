@@ -146,6 +146,12 @@ class IngestLimits:
     stream_max_in_flight: int = 8
     """Frames of one WebSocket connection being published at once; beyond it the face stops
     reading, so a client faster than the brokers is slowed by TCP instead of buffered."""
+    stream_max_open: int = 64
+    """WebSocket streams a replica serves at once; one more is closed at once (1013)."""
+    stream_idle_timeout_s: float = 60.0
+    """A stream with no frame for this long, and none in flight, is closed (1000)."""
+    stream_max_bytes_in_flight: int = 67_108_864
+    """Frame bytes all streams of a replica hold while publishing; beyond it readers wait."""
 
 
 class Ingest:
