@@ -120,3 +120,18 @@ class RecordingMetrics:
             if name == metric.name and value:
                 totals[dict(tags)[tag]] += value
         return dict(totals)
+
+
+class FakeTime:
+    """A clock and an asyncio-style sleep that only moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds

@@ -11,24 +11,11 @@ import httpx
 import pytest
 from weather_client import AsyncClient, Client, NotAccepted, RetryPolicy, WeatherClientError
 
+from tests.support.fakes import FakeTime
+
 BASE = "http://pipeline.test"
 TWEET = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeTime:
-    """A clock and an asyncio-style sleep that only moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 class Server:

@@ -12,6 +12,8 @@ import httpx
 from weather_client import AsyncClient, RetryPolicy
 from weather_client.stream import StreamTransport
 
+from tests.support.fakes import FakeTime
+
 BASE = "http://pipeline.test"
 TWEET = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
 
@@ -68,19 +70,6 @@ class FakePipeline:
         socket = FakeSocket(self)
         self.sockets.append(socket)
         return socket
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 def client_for(pipeline: FakePipeline, time: FakeTime, **options: Any) -> AsyncClient:
