@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     stream_max_bytes_in_flight: int = Field(default=67_108_864, ge=1)  # 64 MiB
 
-    # Admission control (README "Admission control"): refuse new tweets (503) before an
+    # Admission control (docs/guarantees.md): refuse new tweets (503) before an
     # undrained backlog nears what a broker keeps. Kafka keeps 1 GiB per partition for 24 h
     # (devstack/servers/kafka.py; 896 MiB in k8s/infra/kafka.yaml); the whole lag may sit in
     # one partition (key = country), so the budget is under half of one partition's bytes.

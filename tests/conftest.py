@@ -1,4 +1,4 @@
-"""Shared fixtures and the test layout. Servers come from devstack (see README "Local stack").
+"""Shared fixtures and the test layout. Servers come from devstack (see docs/local-stack.md).
 
 The folders say what a test needs, so no marker is needed to pick them:
 

@@ -134,7 +134,7 @@ async def declare_rabbit_topology(
     """Declare (idempotently) exchange, quorum queue and dead-letter path; return both ends.
 
     A tweet queue made by an earlier release (with ``x-delivery-limit: 3``) is used as it is
-    (a declaration with other arguments would be refused); README "Migrating the tweet
+    (a declaration with other arguments would be refused); docs/operations.md "Migrating the tweet
     queue" says how to replace it.
     """
     dead_letters = await channel.declare_exchange(
@@ -352,7 +352,7 @@ class RabbitSource:
 
     def take_skipped(self) -> list[Skipped]:
         """Nothing is skipped silently here: the queue has no length limit and no message
-        TTL, so RabbitMQ never drops a message it confirmed (README "Faults")."""
+        TTL, so RabbitMQ never drops a message it confirmed (docs/guarantees.md)."""
         return []
 
     async def settle(self, batch: Sequence[Delivery[Message]]) -> bool:

@@ -137,7 +137,7 @@ class FaceMetrics:
 
 @dataclass(frozen=True)
 class IngestLimits:
-    """Request limits both faces enforce (documented in the README and the OpenAPI)."""
+    """Request limits both faces enforce (documented in docs/api.md and the OpenAPI)."""
 
     max_body_bytes: int
     max_batch_tweets: int
@@ -243,7 +243,7 @@ class BatchConfig(BaseModel):
     """Writes to the brokers at once; arrivals meanwhile join the next write."""
     linger_s: float = Field(default=0.005, ge=0)
     """How long a write waits for more requests before it goes: with 10 ms the stack's CPU
-    per tweet was 16-22 % below ``serve.batch``'s (README "What the figures say")."""
+    per tweet was 16-22 % below ``serve.batch``'s (docs/results/2026-12-01-bench.md)."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ class Coalescer:
     broker round trips, the consumers' per-message work) are shared by as many tweets as
     the load allows at every rate. A timer-closed batch (``serve.batch``) instead sends a
     write every window however busy the brokers are: at half rate it sent 2.4 times as
-    many writes per second as at full rate, each a third as full (README "Benchmark").
+    many writes per second as at full rate, each a third as full (docs/benchmarks.md).
     """
 
     def __init__(
