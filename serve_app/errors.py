@@ -56,6 +56,13 @@ class PublishFailed(PipelineError):
         return "; ".join(f"{broker} unavailable: {why}" for broker, why in self.reasons.items())
 
 
+def connect_reason(exc: BaseException, timeout_s: float) -> str:
+    """Why connecting failed: "no answer" when it ran out of time, else the failure itself."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    return describe(exc)
+
+
 def describe(exc: BaseException, limit: int = DEFAULT_LIMIT) -> str:
     """One line naming a failure (``str()`` of a Ray-wrapped error would carry a traceback)."""
     if isinstance(exc, BrokerUnavailable):

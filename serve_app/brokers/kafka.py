@@ -6,7 +6,7 @@ tweets stay in order) and a dead-letter topic, both created with ``kafka_replica
 replicas and ``kafka_min_insync_replicas``.
 
 Every client takes :func:`kafka_connection` (servers, security protocol, SASL, the TLS
-context of :func:`kafka_ssl_context`) and is started by :func:`start_kafka_client`: bounded
+context from ``Settings.tls_context_for``) and is started by :func:`start_kafka_client`: bounded
 by ``connect_timeout_s``, a failure is a :class:`~serve_app.errors.ConnectFailed` naming the
 servers and the cause (an untrusted certificate, a refused login), never a hang.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
@@ -40,7 +39,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
-from serve_app.errors import ConfigError, ConnectFailed, describe
+from serve_app.errors import ConfigError, ConnectFailed, connect_reason
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -62,11 +61,6 @@ Record = ConsumerRecord
 # --- connections ---------------------------------------------------------------------------
 
 
-def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of the SSL and SASL_SSL protocols (None for the others)."""
-    return settings.tls_context_for("kafka")
-
-
 def kafka_connection(settings: Settings) -> dict[str, Any]:
     """What every aiokafka client of this module is given to reach the cluster: the
     bootstrap servers and, unless PLAINTEXT, the security protocol, TLS context and SASL
@@ -76,7 +70,7 @@ def kafka_connection(settings: Settings) -> dict[str, Any]:
     if protocol == "PLAINTEXT":
         return options
     options["security_protocol"] = protocol
-    options["ssl_context"] = kafka_ssl_context(settings)
+    options["ssl_context"] = settings.tls_context_for("kafka")
     if protocol.startswith("SASL_"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
@@ -95,11 +89,9 @@ async def start_kafka_client(
             await start()
     except Exception as exc:
         await close_quietly(stop())
-        reason = await connect_refusal(settings)
-        if reason is None and isinstance(exc, TimeoutError):
-            reason = f"no answer within {settings.connect_timeout_s:g} s"
+        reason = await connect_refusal(settings) or connect_reason(exc, settings.connect_timeout_s)
         address = f"{settings.kafka_security_protocol}://{settings.kafka_bootstrap_servers}"
-        raise ConnectFailed("kafka", address, reason or describe(exc)) from exc
+        raise ConnectFailed("kafka", address, reason) from exc
 
 
 async def connect_refusal(settings: Settings) -> str | None:
@@ -116,9 +108,7 @@ async def connect_refusal(settings: Settings) -> str | None:
                 **options,
             )
     except Exception as exc:
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {settings.connect_timeout_s:g} s"
-        return describe(exc)
+        return connect_reason(exc, settings.connect_timeout_s)
     connection.close()
     return None
 

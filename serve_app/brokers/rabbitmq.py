@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self, TypeVar
 
@@ -31,7 +30,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
-from serve_app.errors import ConnectFailed, describe
+from serve_app.errors import ConnectFailed, connect_reason
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -54,11 +53,6 @@ T = TypeVar("T")
 # --- connections and topology ---------------------------------------------------------------
 
 
-def rabbit_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of amqps (``rabbitmq_tls``), or None for plain AMQP."""
-    return settings.tls_context_for("rabbitmq")
-
-
 async def open_connection(
     settings: Settings, name: str, *, robust: bool = True, timeout: float | None = None
 ) -> AbstractConnection:
@@ -71,13 +65,11 @@ async def open_connection(
         return await opener(
             settings.rabbitmq_url,
             timeout=timeout,
-            ssl_context=rabbit_ssl_context(settings),
+            ssl_context=settings.tls_context_for("rabbitmq"),
             client_properties={"connection_name": name},
         )
     except Exception as exc:
-        reason = f"no answer within {timeout:g} s"
-        if not isinstance(exc, TimeoutError):
-            reason = describe(exc)
+        reason = connect_reason(exc, timeout)
         password = settings.rabbitmq_password.get_secret_value()
         if password:
             reason = reason.replace(password, "***")

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from serve_app.errors import ConnectFailed, describe
+from serve_app.errors import ConnectFailed, connect_reason, describe
 from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
 from serve_app.settings import Settings
 from serve_app.store.core import (
@@ -121,7 +121,7 @@ StoreClient = aioredis.Redis
 
 
 class TLSConnection(aioredis.Connection):
-    """A connection over TLS on the context :func:`store_tls_context` built (redis-py's
+    """A connection over TLS on the context ``Settings.tls_context_for`` built (redis-py's
     own SSLConnection would build another one from file names)."""
 
     def __init__(self, *, tls_context: ssl.SSLContext, **kwargs: Any) -> None:
@@ -160,12 +160,6 @@ def connect(
     return aioredis.Redis.from_pool(pool)
 
 
-def store_tls_context(settings: Settings, store: str) -> ssl.SSLContext | None:
-    """The TLS context of ``store`` (redis, valkey) from its ``*_tls`` and ``*_ssl_*``
-    settings; None when it is reached in plain text."""
-    return settings.tls_context_for(store)
-
-
 def connect_store(settings: Settings, store: str) -> aioredis.Redis:
     """The client of ``store`` (redis, valkey) as its settings describe it. The connect
     timeout covers the TLS handshake too; a wrong password or ACL user is refused at the
@@ -177,7 +171,7 @@ def connect_store(settings: Settings, store: str) -> aioredis.Redis:
         getattr(settings, f"{store}_port"),
         password.get_secret_value(),
         username=getattr(settings, f"{store}_username"),
-        tls=store_tls_context(settings, store),
+        tls=settings.tls_context_for(store),
         connect_timeout_s=2 if plain else settings.connect_timeout_s,
     )
 
@@ -192,9 +186,7 @@ async def verify_store(settings: Settings, store: str, client: aioredis.Redis) -
         async with asyncio.timeout(settings.connect_timeout_s):
             await client.ping()
     except Exception as exc:
-        reason = f"no answer within {settings.connect_timeout_s:g} s"
-        if not isinstance(exc, TimeoutError):
-            reason = describe(exc)
+        reason = connect_reason(exc, settings.connect_timeout_s)
         raise ConnectFailed(store, f"{scheme}://{address}", reason) from exc
 
 

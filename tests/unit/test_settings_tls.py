@@ -13,8 +13,7 @@ import pytest
 import trustme
 from pydantic import SecretStr, ValidationError
 
-from serve_app.brokers.kafka import kafka_connection, kafka_ssl_context, topic_refusals
-from serve_app.brokers.rabbitmq import rabbit_ssl_context
+from serve_app.brokers.kafka import kafka_connection, topic_refusals
 from serve_app.errors import ConnectFailed, PipelineError, describe
 from serve_app.settings import Settings, tls_context
 from serve_app.store.client import TLSConnection, connect_store
@@ -73,7 +72,7 @@ def test_defaults_are_the_local_stack_in_plain_text():
     assert settings.kafka_security_protocol == "PLAINTEXT"
     assert (settings.kafka_replication_factor, settings.kafka_min_insync_replicas) == (1, 1)
     assert kafka_connection(settings) == {"bootstrap_servers": settings.kafka_bootstrap_servers}
-    assert kafka_ssl_context(settings) is None and rabbit_ssl_context(settings) is None
+    assert all(settings.tls_context_for(s) is None for s in ("kafka", "rabbitmq", "redis"))
     assert settings.rabbitmq_url.startswith("amqp://weather:weather-local@")
     for store in ("redis", "valkey"):
         client = connect_store(settings, store)
@@ -272,7 +271,7 @@ def test_rabbitmq_amqps_url_escapes_the_login_and_has_a_context(ca_files):
     settings = managed(ca_files["ca"], rabbitmq_password="p@ss:w/rd", rabbitmq_vhost="weather")
     assert settings.rabbitmq_url.startswith("amqps://weather:p%40ss%3Aw%2Frd@127.0.0.1:5672/")
     assert settings.rabbitmq_address == "amqps://127.0.0.1:5672"
-    assert isinstance(rabbit_ssl_context(settings), ssl.SSLContext)
+    assert isinstance(settings.tls_context_for("rabbitmq"), ssl.SSLContext)
 
 
 @pytest.mark.parametrize("store", ["redis", "valkey"])
