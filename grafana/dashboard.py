@@ -368,6 +368,19 @@ def _pipeline_panels() -> list[timeseries.Panel]:
             ("broker",),
         ),
         _rate_panel(
+            "Overload: requests/s refused at the concurrency limit",
+            metrics.OVERLOAD_REFUSED,
+            ("face",),
+            "reqps",
+        ),
+        # sum: each replica has its own limit; together they are what the Gateway takes
+        _gauge_panel(
+            "Concurrency limit, all Gateway replicas (moved by publish latency)",
+            metrics.CONCURRENCY_LIMIT,
+            ("face",),
+            agg="sum",
+        ),
+        _rate_panel(
             "Admission poller restarts/s (reason in GET /health)",
             metrics.POLLER_RESTARTS,
             ("task",),

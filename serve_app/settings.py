@@ -132,6 +132,15 @@ class Settings(BaseSettings):
     stream_max_open: int = Field(default=64, ge=1)
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     stream_max_bytes_in_flight: int = Field(default=67_108_864, ge=1)  # 64 MiB
+    # Adaptive concurrency limit (docs/guarantees.md "Overload"): the POST /input requests a
+    # Gateway replica works on at once, moved between floor and ceiling by publish latency
+    # (serve_app/ingest/limiter.py); one more is answered 503 + Retry-After, body unread.
+    # The ceiling stays under Serve's max_ongoing_requests (256) less the streams' 64
+    # slots, so this limit refuses, not Serve's check on the replica's loop.
+    concurrency_limit_initial: int = Field(default=128, ge=1)
+    concurrency_limit_floor: int = Field(default=32, ge=1)
+    concurrency_limit_ceiling: int = Field(default=192, ge=1)
+    concurrency_limit_tolerance: float = Field(default=2.0, ge=1.0)
 
     # Admission control (docs/guarantees.md): refuse new tweets (503) before an
     # undrained backlog nears what a broker keeps. Kafka keeps 1 GiB per partition for 24 h

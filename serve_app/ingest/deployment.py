@@ -36,10 +36,11 @@ from serve_app.ingest.core import (
 )
 from serve_app.ingest.docs import docs_routes
 from serve_app.ingest.grpc import PublisherService
+from serve_app.ingest.limiter import GradientConfig, GradientLimiter
 from serve_app.ingest.rest import build_rest_app
 from serve_app.ingest.supervisor import supervise
 from serve_app.model.codec import Chunk
-from serve_app.model.metrics import POLLER_RESTARTS
+from serve_app.model.metrics import CONCURRENCY_LIMIT, POLLER_RESTARTS, MetricsSink
 from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
 from serve_app.runtime import ray_metrics
@@ -91,6 +92,19 @@ def admission_from(config: Settings) -> Admission:
     return Admission(policy, (KafkaChunkWriter.broker, RabbitChunkWriter.broker))
 
 
+def concurrency_from(config: Settings, metrics: MetricsSink) -> GradientLimiter:
+    """The replica's adaptive limit on ``POST /input`` in flight; each move is a gauge."""
+    gradient = GradientConfig(
+        initial=config.concurrency_limit_initial,
+        floor=config.concurrency_limit_floor,
+        ceiling=config.concurrency_limit_ceiling,
+        tolerance=config.concurrency_limit_tolerance,
+    )
+    return GradientLimiter(
+        gradient, on_limit=lambda limit: metrics.set(CONCURRENCY_LIMIT, limit, face="rest")
+    )
+
+
 @serve.deployment
 @serve.ingress()
 class Gateway:
@@ -119,6 +133,7 @@ class Gateway:
             batching.linger_s,
         )
         self._config = config
+        self.concurrency = concurrency_from(config, self.ingest.metrics)
         self._stores = both_stores(config)
         self._grpc = PublisherService(self.ingest, self.publish)
 
@@ -155,6 +170,7 @@ class Gateway:
                     POLLER_RESTARTS, task="backlog_poller"
                 ),
             ),
+            concurrency=self.concurrency,
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -170,11 +186,12 @@ class Gateway:
         )
 
     async def publish(self, tweets: list[Tweet]) -> None:
-        """One request's publish: coalesced with its neighbours, bounded by one deadline."""
+        """One request's publish: coalesced with its neighbours, bounded by one deadline;
+        how long it took moves the replica's concurrency limit."""
         deadline_s = self.ingest.publish_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                await self._coalescer.submit(tweets)
+                await self.concurrency.timed(lambda: self._coalescer.submit(tweets))
         except TimeoutError:
             late = f"not confirmed within {deadline_s:g} s"
             raise PublishFailed({w.broker: late for w in self.ingest.writers}) from None

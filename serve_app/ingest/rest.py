@@ -30,8 +30,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serve_app.errors import PipelineError, PublishFailed, describe
 from serve_app.ingest.core import FaceMetrics, Ingest, IngestLimits, accept, distinct
+from serve_app.ingest.limiter import GradientLimiter
 from serve_app.ingest.openapi import openapi_document
 from serve_app.ingest.streams import StreamBudget
+from serve_app.model.metrics import OVERLOAD_REFUSED
 from serve_app.model.schema import Tweet, TweetIn, TweetValidationError
 
 log = logging.getLogger("ray.serve")
@@ -239,6 +241,14 @@ async def submit(
     return 202, {"accepted": 1, "id": ids[0]}
 
 
+def overloaded(limit: int, idempotency_key: str | None) -> Answer:
+    """The answer to a request refused at the concurrency limit, before its body was read:
+    the only id it can name is the one the client sent in ``Idempotency-Key`` (none given
+    means none was assigned: nothing was accepted, the same body may simply be sent again)."""
+    ids = [idempotency_key] if idempotency_key else []
+    return unavailable(f"overloaded: this replica has {limit} requests in flight", ids)
+
+
 def http_answer(answer: Answer, limits: IngestLimits) -> JSONResponse:
     status, body = answer
     headers = {"Retry-After": str(limits.retry_after_s)} if status == 503 else None
@@ -374,16 +384,22 @@ def build_rest_app(
     read_stats: ReadStats,
     extra_routes: Sequence[BaseRoute] = (),
     background: Background | None = None,
+    concurrency: GradientLimiter | None = None,
 ) -> Starlette:
     """The REST face. ``publish`` owns the deadline (the Gateway's coalesced write);
     ``read_stats(latest)`` returns both stores' counts and whether all answered;
-    ``background`` runs for the app's lifetime (the Gateway's backlog poller)."""
+    ``background`` runs for the app's lifetime (the Gateway's backlog poller);
+    ``concurrency`` bounds the ``POST /input`` requests in flight (503 beyond it)."""
     limits = ingest.limits
     counted = ingest.face_metrics("rest")
     streamed = ingest.face_metrics("stream")
     streams = StreamBudget(limits.stream_max_open, limits.stream_max_bytes_in_flight)
 
     async def post_input(request: Request) -> Response:
+        if concurrency is not None and not concurrency.try_acquire():
+            ingest.metrics.inc(OVERLOAD_REFUSED, face="rest")
+            key = request.headers.get("idempotency-key")
+            return http_answer(overloaded(concurrency.limit, key), limits)
         try:
             check_content_type(request.headers.get("content-type"))
             body = await read_body(request, limits.max_body_bytes)
@@ -392,6 +408,9 @@ def build_rest_app(
         except HTTPError as exc:
             counted.rejected(str(exc.status))
             raise
+        finally:
+            if concurrency is not None:
+                concurrency.release()
 
     async def take_frame(message: dict[str, Any]) -> Answer:
         try:
@@ -421,6 +440,8 @@ def build_rest_app(
         if background is not None:
             body["admission_poller"] = poller.report()
         body["streams"] = streams.report()
+        if concurrency is not None:
+            body["concurrency"] = concurrency.report()
         body["stores"] = losses
         return JSONResponse(body, status_code=200 if healthy else 503)
 

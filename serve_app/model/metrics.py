@@ -123,6 +123,20 @@ PUBLISH_LATENCY = Metric(
     ("outcome",),
     LATENCY_BUCKETS_S,
 )
+OVERLOAD_REFUSED = Metric(
+    "weather_overload_refused_requests",
+    "counter",
+    "Publish requests a Gateway replica refused at once (503 + Retry-After, body unread) "
+    "because it had as many in flight as its adaptive concurrency limit allows, by face.",
+    ("face",),
+)
+CONCURRENCY_LIMIT = Metric(
+    "weather_concurrency_limit_requests",
+    "gauge",
+    "A Gateway replica's adaptive concurrency limit (publish requests of a face it works "
+    "on at once), moved by publish latency; set at most once per window, when it changes.",
+    ("face",),
+)
 FRESHNESS = Metric(
     "weather_store_freshness_seconds",
     "gauge",
@@ -145,6 +159,8 @@ ALL: tuple[Metric, ...] = (
     SKIPPED_RECORDS,
     PUBLISH_LATENCY,
     FRESHNESS,
+    OVERLOAD_REFUSED,
+    CONCURRENCY_LIMIT,
 )
 
 FACES = ("rest", "grpc", "stream")
