@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -51,6 +52,23 @@ class StackConfig(BaseSettings):
     ray_worker_agent_port: int = 52365  # dashboard agent of worker i: this + i (head: this)
     serve_http_port: int = 8000  # as in serve_config.yaml
     serve_grpc_port: int = 9000
+    # `make up TOPOLOGY=replicated` (docs/local-stack.md): "" = the topology the stack was
+    # last started with (kept in <dir>/topology), else "single".
+    topology: Literal["", "single", "replicated"] = ""
+    # The replicated topology's members, one port per member, in member order.
+    kafka_ports: str = "9092,9094,9096"
+    kafka_controller_ports: str = "9093,9095,9097"
+    rabbitmq_ports: str = "5672,5682,5692"
+    rabbitmq_management_ports: str = "15672,15682,15692"
+    rabbitmq_dist_ports: str = "25672,25682,25692"
+    redis_ports: str = "6379,6389"  # primary, replica
+    valkey_ports: str = "6380,6390"
+    redis_sentinel_ports: str = "26379,26380,26381"
+    valkey_sentinel_ports: str = "26382,26383,26384"
+
+    def members(self, name: str) -> list[int]:
+        """The ports of the replicated topology's ``name`` members (``kafka``, ``redis``...)."""
+        return [int(port) for port in getattr(self, f"{name}_ports").split(",")]
 
     @property
     def state_dir(self) -> Path:
@@ -73,17 +91,60 @@ class StackConfig(BaseSettings):
 stack_config = StackConfig()
 
 
+def topology() -> str:
+    """The topology the stack runs (or starts): ``DEVSTACK_TOPOLOGY`` when given, else the
+    one it was last started with, else ``single``."""
+    if stack_config.topology:
+        return stack_config.topology
+    try:
+        return (stack_config.state_dir / "topology").read_text().strip() or "single"
+    except OSError:
+        return "single"
+
+
+def topology_settings(name: str | None = None) -> dict[str, str]:
+    """What the application's settings are on ``name`` (default: the stack's topology),
+    as environment variables: the member lists of the replicated topology, nothing on the
+    single one (the defaults are its addresses)."""
+    if (name or topology()) != "replicated":
+        return {}
+
+    def listed(ports: list[int]) -> str:
+        return ",".join(f"{LOCALHOST}:{port}" for port in ports)
+
+    config = stack_config
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": listed(config.members("kafka")),
+        "KAFKA_REPLICATION_FACTOR": "3",
+        "KAFKA_MIN_INSYNC_REPLICAS": "2",
+        "RABBITMQ_PORT": str(config.members("rabbitmq")[0]),
+        "RABBITMQ_ADDRESSES": listed(config.members("rabbitmq")),
+        "REDIS_PORT": str(config.members("redis")[0]),
+        "REDIS_SENTINELS": listed(config.members("redis_sentinel")),
+        "VALKEY_PORT": str(config.members("valkey")[0]),
+        "VALKEY_SENTINELS": listed(config.members("valkey_sentinel")),
+        "STORE_WAIT_REPLICAS": "1",
+    }
+
+
 @functools.cache
 def app_settings() -> Settings:
-    """The application's settings as the tooling sees them (environment and defaults): the
-    stack binds what the application connects to. Built on first use, never at import."""
-    return Settings()
+    """The application's settings as the tooling sees them (environment and defaults, and
+    the replicated topology's member lists when it runs): the stack binds what the
+    application connects to. Built on first use, never at import."""
+    overrides = {k: v for k, v in topology_settings().items() if k not in os.environ}
+    return Settings(**{k.lower(): v for k, v in overrides.items()})  # type: ignore[arg-type]
 
 
 def stack_env() -> dict[str, str]:
     """Our environment plus the state directory, which marks every process of the stack
-    (what tests/stack/test_exposure.py looks for)."""
-    return {**os.environ, "DEVSTACK_DIR": str(stack_config.state_dir)}
+    (what tests/stack/test_exposure.py looks for), and the topology's settings (so Ray's
+    processes, and the Serve applications in them, connect to every member)."""
+    return {
+        **topology_settings(),
+        **os.environ,
+        "DEVSTACK_DIR": str(stack_config.state_dir),
+    }
 
 
 def ray_env_settings(path: Path = RAY_ENV) -> dict[str, str]:

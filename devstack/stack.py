@@ -16,8 +16,8 @@ import contextlib
 import fcntl
 from collections.abc import Iterable, Iterator
 
-from devstack.config import stack_config
-from devstack.servers import INFRA, SERVERS, Server, StackError
+from devstack.config import stack_config, topology
+from devstack.servers import INFRA, SERVERS, Kafka, Server, StackError, servers_of
 
 __all__ = [
     "INFRA",
@@ -89,6 +89,7 @@ def up(names: Iterable[str] | None = None, log=print) -> None:
     chosen = _names(names)
     errors: list[str] = []
     with _lock():
+        _claim_topology()
         infra = [get(n) for n in chosen if n != "ray"]
         launched: list[Server] = []
         for server in infra:
@@ -122,6 +123,21 @@ def up(names: Iterable[str] | None = None, log=print) -> None:
         raise StackError("\n\n".join(errors))
 
 
+def _claim_topology() -> None:
+    """Record the topology being started (what `status` and the tools read later); refused
+    while a server only the other topology has still runs."""
+    current = topology()
+    other = "single" if current == "replicated" else "replicated"
+    running = [
+        name
+        for name, factory in servers_of(other).items()
+        if name not in SERVERS and factory().is_running()
+    ]
+    if running:
+        raise StackError(f"the {other} topology still runs ({', '.join(running)}): `make down`")
+    (stack_config.state_dir / "topology").write_text(current + "\n")
+
+
 def down(names: Iterable[str] | None = None, log=print) -> None:
     """Stop what this stack started (default: all), Ray first."""
     chosen = _names(names)
@@ -142,4 +158,4 @@ def endpoints() -> list[str]:
 def fetch() -> None:
     """Download what the servers need that is not a system package (Kafka jars)."""
     with _lock():
-        get("kafka").fetch()  # type: ignore[attr-defined]
+        Kafka().fetch()

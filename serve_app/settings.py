@@ -47,6 +47,17 @@ def tls_context(
     return context
 
 
+def host_ports(addresses: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` as pairs, in order; a malformed entry is a ConfigError."""
+    pairs = []
+    for entry in (e.strip() for e in addresses.split(",") if e.strip()):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{entry!r} is not host:port")
+        pairs.append((host, int(port)))
+    return pairs
+
+
 class Settings(BaseSettings):
     """Defaults match the local stack started by ``make up``; override with env vars."""
 
@@ -84,6 +95,9 @@ class Settings(BaseSettings):
     rabbitmq_password: SecretStr = SecretStr("weather-local")
     rabbitmq_vhost: str = "/"
     rabbitmq_tls: bool = False  # amqps
+    # A cluster: "host:port,..." of its nodes, tried in this order on every (re)connect;
+    # "" = rabbitmq_host:rabbitmq_port alone.
+    rabbitmq_addresses: str = ""
     rabbitmq_ssl_cafile: str = ""
     rabbitmq_ssl_certfile: str = ""
     rabbitmq_ssl_keyfile: str = ""
@@ -109,6 +123,20 @@ class Settings(BaseSettings):
     valkey_ssl_cafile: str = ""
     valkey_ssl_certfile: str = ""
     valkey_ssl_keyfile: str = ""
+    # Replicated stores: with *_sentinels set ("host:port,..."), the client asks those
+    # Sentinels for the primary named *_sentinel_master (and again after a failover)
+    # instead of connecting to *_host:*_port.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "weather-redis"
+    valkey_sentinels: str = ""
+    valkey_sentinel_master: str = "weather-valkey"
+    # Durable writes (docs/guarantees.md): a batch's store write returns only once
+    # WAITAOF saw it fsynced to the AOF of store_wait_local primaries (0 or 1) and
+    # store_wait_replicas replicas within store_wait_timeout_ms, so the consumer commits
+    # or acks after that; short of the count the write failed and the batch is retried.
+    store_wait_local: int = Field(default=1, ge=0, le=1)
+    store_wait_replicas: int = Field(default=0, ge=0)
+    store_wait_timeout_ms: int = Field(default=2000, ge=1)
 
     # How long connecting to a broker or store may take (TCP, TLS handshake, login): a
     # wrong password or an untrusted certificate is then an error, never a hang.
@@ -181,6 +209,10 @@ class Settings(BaseSettings):
             )
         for prefix in ("kafka", "rabbitmq", "redis", "valkey"):
             self._check_tls_files(prefix)
+        host_ports(self.rabbitmq_addresses)
+        for store in ("redis", "valkey"):
+            if self.sentinels(store) and self.uses_tls(store):
+                raise ConfigError(f"{store}_sentinels with {store}_tls is not supported")
         return self
 
     def _check_tls_files(self, prefix: str) -> None:
@@ -223,6 +255,22 @@ class Settings(BaseSettings):
         )
         scheme = "amqps" if self.rabbitmq_tls else "amqp"
         return f"{scheme}://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @property
+    def rabbitmq_urls(self) -> list[str]:
+        """The URL of every node of ``rabbitmq_addresses`` in order (just
+        :attr:`rabbitmq_url` without it): a client tries them one after the other."""
+        if not self.rabbitmq_addresses:
+            return [self.rabbitmq_url]
+        first = f"@{self.rabbitmq_host}:{self.rabbitmq_port}/"
+        return [
+            self.rabbitmq_url.replace(first, f"@{host}:{port}/")
+            for host, port in host_ports(self.rabbitmq_addresses)
+        ]
+
+    def sentinels(self, store: str) -> list[tuple[str, int]]:
+        """The Sentinels of ``store`` (redis, valkey); empty when it is reached directly."""
+        return host_ports(getattr(self, f"{store}_sentinels"))
 
     def fingerprint(self) -> str:
         """Every setting as JSON with each password replaced by its SHA-256: what a

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self, TypeVar
 
 import aio_pika
+from aio_pika import RobustConnection
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -53,6 +55,24 @@ T = TypeVar("T")
 # --- connections and topology ---------------------------------------------------------------
 
 
+class FailoverConnection(RobustConnection):
+    """A robust connection to a cluster: each reconnect goes to the next node of ``urls``,
+    so losing the node it was on moves it to another (RobustConnection alone would retry
+    the lost node until it is back)."""
+
+    def __init__(self, url: Any, *, urls: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.node_urls = [type(self.url)(u) for u in urls]  # aio-pika's own URL type
+        self.attempts = 0
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        # RobustConnection's one connect step (name-mangled): every attempt, first and
+        # reconnects alike, goes here; the node is chosen, then the step runs as it is
+        self.url = self.node_urls[self.attempts % len(self.node_urls)]
+        self.attempts += 1
+        await RobustConnection._RobustConnection__connect_transport(self)  # type: ignore[attr-defined]
+
+
 async def open_connection(
     settings: Settings, name: str, *, robust: bool = True, timeout: float | None = None
 ) -> AbstractConnection:
@@ -61,19 +81,30 @@ async def open_connection(
     cause (refused login, untrusted certificate), never the password."""
     opener = aio_pika.connect_robust if robust else aio_pika.connect
     timeout = timeout or settings.connect_timeout_s
-    try:
-        return await opener(
-            settings.rabbitmq_url,
-            timeout=timeout,
-            ssl_context=settings.tls_context_for("rabbitmq"),
-            client_properties={"connection_name": name},
-        )
-    except Exception as exc:
-        reason = connect_reason(exc, timeout)
+    urls = settings.rabbitmq_urls
+    failure: Exception | None = None
+    for start in range(len(urls)):  # a cluster: each node in turn until one answers
+        order = urls[start:] + urls[:start]
+        options: dict[str, Any] = {}
+        if robust and len(urls) > 1:
+            options["connection_class"] = functools.partial(FailoverConnection, urls=order)
+        try:
+            return await opener(
+                order[0],
+                timeout=timeout,
+                ssl_context=settings.tls_context_for("rabbitmq"),
+                client_properties={"connection_name": name},
+                **options,
+            )
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        reason = connect_reason(failure, timeout)
         password = settings.rabbitmq_password.get_secret_value()
         if password:
             reason = reason.replace(password, "***")
-        raise ConnectFailed("rabbitmq", settings.rabbitmq_address, reason) from exc
+        raise ConnectFailed("rabbitmq", settings.rabbitmq_address, reason) from failure
+    raise ConnectFailed("rabbitmq", settings.rabbitmq_address, "no node address")
 
 
 async def connect(

@@ -13,8 +13,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ResponseError
 
-from serve_app.errors import ConnectFailed, connect_reason, describe
+from serve_app.errors import ConnectFailed, PipelineError, connect_reason, describe
 from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
 from serve_app.settings import Settings
 from serve_app.store.core import (
@@ -166,6 +168,8 @@ def connect_store(settings: Settings, store: str) -> aioredis.Redis:
     first command (redis-py logs in on connect)."""
     password: SecretStr = getattr(settings, f"{store}_password")
     plain = not settings.uses_tls(store)
+    if settings.sentinels(store):
+        return connect_through_sentinels(settings, store)
     return connect(
         getattr(settings, f"{store}_host"),
         getattr(settings, f"{store}_port"),
@@ -176,18 +180,46 @@ def connect_store(settings: Settings, store: str) -> aioredis.Redis:
     )
 
 
+def connect_through_sentinels(settings: Settings, store: str) -> aioredis.Redis:
+    """A client of the primary the Sentinels of ``store`` name: every new connection asks
+    them again, so after a failover the client reaches the new primary (a command on a
+    connection to the old one fails, and the write is retried)."""
+    password = getattr(settings, f"{store}_password").get_secret_value()
+    options: dict[str, Any] = {
+        "username": getattr(settings, f"{store}_username") or None,
+        "password": password or None,
+        "decode_responses": True,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 2,
+        "health_check_interval": 10,
+    }
+    sentinels = Sentinel(
+        settings.sentinels(store),
+        sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2},
+    )
+    return sentinels.master_for(getattr(settings, f"{store}_sentinel_master"), **options)
+
+
+def store_address(settings: Settings, store: str) -> str:
+    """Where ``store`` is, without credentials: its Sentinels and primary name, or its URL."""
+    if sentinels := settings.sentinels(store):
+        listed = ",".join(f"{host}:{port}" for host, port in sentinels)
+        return f"sentinel://{listed}/{getattr(settings, f'{store}_sentinel_master')}"
+    address = f"{getattr(settings, f'{store}_host')}:{getattr(settings, f'{store}_port')}"
+    scheme = "rediss" if settings.uses_tls(store) else "redis"
+    return f"{scheme}://{address}"
+
+
 async def verify_store(settings: Settings, store: str, client: aioredis.Redis) -> None:
     """One PING (the login and TLS handshake first), within ``connect_timeout_s``: a wrong
     password or ACL user, an untrusted certificate or no answer is a :class:`ConnectFailed`
     naming the store and the cause."""
-    address = f"{getattr(settings, f'{store}_host')}:{getattr(settings, f'{store}_port')}"
-    scheme = "rediss" if settings.uses_tls(store) else "redis"
     try:
         async with asyncio.timeout(settings.connect_timeout_s):
             await client.ping()
     except Exception as exc:
         reason = connect_reason(exc, settings.connect_timeout_s)
-        raise ConnectFailed(store, f"{scheme}://{address}", reason) from exc
+        raise ConnectFailed(store, store_address(settings, store), reason) from exc
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
@@ -196,6 +228,80 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
 
 def connect_valkey(settings: Settings) -> aioredis.Redis:
     return connect_store(settings, "valkey")
+
+
+class NotDurable(PipelineError):
+    """The store did not confirm a write on as many disks and replicas as asked in time:
+    the write failed, and the batch is retried (the scripts are idempotent)."""
+
+    def __init__(self, wanted: tuple[int, int], reached: tuple[int, int]) -> None:
+        self.wanted = wanted
+        self.reached = reached
+        super().__init__(wanted, reached)  # both in args: survives pickling
+
+    def __str__(self) -> str:
+        (local, replicas), (got_local, got_replicas) = self.wanted, self.reached
+        return (
+            f"store write not durable in time: on {got_local} of {local} primary AOF and "
+            f"{got_replicas} of {replicas} replicas"
+        )
+
+
+WAIT_STEP_MS = 10
+"""How long one WAITAOF waits before it is asked again, up to ``store_wait_timeout_ms``: each
+new one makes the primary ask its replicas for their offsets at once, while a replica's
+answer to an ask may predate its own fsync, and its next report comes a second later (one
+long WAITAOF took up to 0.8 s where repeated short ones took 1 ms)."""
+
+
+class DurableWait:
+    """Waits until what a connection wrote is on the primary's disk and on its replicas
+    (``WAITAOF numlocal numreplicas timeout``) before a consumer lets its broker go.
+
+    A server without WAITAOF (Redis before 7.2) gets ``WAIT numreplicas``: the replicas
+    hold the write in memory, and the primary's own disk is only as safe as its
+    ``appendfsync always`` (docs/guarantees.md)."""
+
+    def __init__(self, local: int, replicas: int, timeout_ms: int) -> None:
+        self.wanted = (local, replicas)
+        self.timeout_ms = timeout_ms
+        self.waitaof = True  # False once the server named WAITAOF an unknown command
+
+    @classmethod
+    def of(cls, settings: Settings) -> DurableWait:
+        return cls(
+            settings.store_wait_local, settings.store_wait_replicas, settings.store_wait_timeout_ms
+        )
+
+    async def wait(self, connection: Any) -> None:
+        """Raise :class:`NotDurable` unless ``connection``'s writes reached the count.
+
+        One write of its own first: a batch whose tweets were all counted before (a
+        redelivery after a failed wait, another consumer's batch) writes nothing, and
+        WAITAOF only waits for the writes of its own connection. Every write before this
+        one is in the same replication stream, so they are covered too."""
+        local, replicas = self.wanted
+        if not local and not replicas:
+            return
+        await connection.incr(KEYS.durable_mark)
+        reached = (0, 0)
+        for _ in range(max(1, self.timeout_ms // WAIT_STEP_MS)):
+            reached = await self._reached(connection, local, replicas)
+            if reached[0] >= local and reached[1] >= replicas:
+                return
+        raise NotDurable(self.wanted, reached)
+
+    async def _reached(self, connection: Any, local: int, replicas: int) -> tuple[int, int]:
+        if self.waitaof:
+            try:
+                got = await connection.execute_command("WAITAOF", local, replicas, WAIT_STEP_MS)
+                return int(got[0]), int(got[1])
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self.waitaof = False
+        got_replicas = await connection.execute_command("WAIT", replicas, WAIT_STEP_MS)
+        return local, int(got_replicas)
 
 
 class TweetStore:
@@ -207,18 +313,24 @@ class TweetStore:
         self._skip = client.register_script(_RECORD_SKIPPED_LUA)
         self._ttl = settings.seen_id_ttl_s
         self._latest_len = settings.latest_tweets_length
+        self.durable = DurableWait.of(settings)
 
     async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
         """Count every tweet whose id this store has not seen: one atomic script per
         :data:`MAX_TWEETS_PER_SCRIPT` tweets, in order (a batch cut short is redelivered,
-        and what was counted counts nothing twice)."""
+        and what was counted counts nothing twice). Returns once the writes are durable
+        as the settings ask (:class:`DurableWait`), on the one connection that made them."""
         parts = []
-        for start in range(0, len(tweets), MAX_TWEETS_PER_SCRIPT):
-            part = tweets[start : start + MAX_TWEETS_PER_SCRIPT]
-            parts.append((start, await self._record_part(part)))
+        async with self.client.client() as connection:
+            for start in range(0, len(tweets), MAX_TWEETS_PER_SCRIPT):
+                part = tweets[start : start + MAX_TWEETS_PER_SCRIPT]
+                parts.append((start, await self._record_part(part, connection)))
+            await self.durable.wait(connection)
         return merge_results(parts, tweets)
 
-    async def _record_part(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+    async def _record_part(
+        self, tweets: Sequence[CountedTweet], connection: aioredis.Redis
+    ) -> RecordResult:
         # the tweets as one JSON argument (the script decodes it with cjson): redis-py packs
         # each argument in Python, which for five per tweet was most of a consumer's time;
         # a CountedTweet is a tuple, i.e. one [id, fingerprint, country, weather, body] row
@@ -226,7 +338,9 @@ class TweetStore:
         args = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix, packed]
         keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,
                 KEYS.latest, KEYS.conflicts]  # fmt: skip
-        new, duplicates, refused, displaced = await self._record(keys=keys, args=args)
+        new, duplicates, refused, displaced = await self._record(
+            keys=keys, args=args, client=connection
+        )
         return RecordResult(
             int(new),
             int(duplicates),

@@ -30,6 +30,7 @@ class StoreKeys:
     skipped_ranges: str = "tweets:skipped:ranges"
     seen_prefix: str = "tweets:seen:"
     conflict_prefix: str = "tweets:conflict:"
+    durable_mark: str = "tweets:durable:mark"  # one write per batch before its WAITAOF
 
     @staticmethod
     def country_weather_field(country: str, weather: str) -> str:
