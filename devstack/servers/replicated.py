@@ -259,7 +259,7 @@ class _ReplicatedResp(_RespServer):
             (self.dir / "data").mkdir(parents=True, exist_ok=True)
             return
         super().prepare()
-        lines = conf.read_text().replace("appendfsync everysec", "appendfsync always")
+        lines = conf.read_text()
         extra = []
         if self.password:
             extra.append(f"masterauth {self.password}")

@@ -46,7 +46,9 @@ class _RespServer(Server):
             'logfile ""',
             f"dir {data}",
             "appendonly yes",
-            "appendfsync everysec",
+            # fsync before each reply: a consumer acks only once WAITAOF saw the write on
+            # disk (settings store_wait_local), and with everysec that wait is up to 1 s
+            "appendfsync always",
             # AOF alone brings the data back after a kill; periodic RDB snapshots on top
             # forked the whole dataset every minute under load (2.8 M keys: 13 s of a core
             # each, in Redis and in Valkey), a cost that grew with the dedup window.
