@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     rabbitmq_queue: str = "weather-tweets"
     rabbitmq_dead_letter_exchange: str = "weather-tweets-dlx"
     rabbitmq_dead_letter_queue: str = "weather-tweets-dlq"
+    # RabbitMQ's management HTTP API: admission reads the tweet queue's bytes and limits there
+    # (AMQP tells only a message count); the app's user needs the monitoring tag
+    rabbitmq_management_url: str = "http://127.0.0.1:15672"
 
     # Stores: Kafka drains into Redis, RabbitMQ into Valkey
     redis_host: str = "127.0.0.1"
@@ -170,14 +173,16 @@ class Settings(BaseSettings):
     concurrency_limit_ceiling: int = Field(default=192, ge=1)
     concurrency_limit_tolerance: float = Field(default=2.0, ge=1.0)
 
-    # Admission control (docs/guarantees.md): refuse new tweets (503) before an
-    # undrained backlog nears what a broker keeps. Kafka keeps 1 GiB per partition for 24 h
-    # (devstack/servers/kafka.py; 896 MiB in k8s/infra/kafka.yaml); the whole lag may sit in
-    # one partition (key = country), so the budget is under half of one partition's bytes.
-    admission_kafka_max_bytes: int = Field(default=402_653_184, ge=1)  # 384 MiB < 896 MiB / 2
-    admission_kafka_max_stall_s: float = Field(default=43_200, gt=0)  # half of 24 h retention
+    # Admission control (docs/guarantees.md): refuse new tweets (503) before a record not yet
+    # counted could be deleted. From the brokers' own readings: a partition's (queue's)
+    # unconsumed bytes, messages or oldest record past admission_broker_limit_ratio of the
+    # retention (queue limits) the broker applies; the unconsumed bytes of a whole topic
+    # (queue) past its volume budget; a store's memory plus what its broker still holds for it
+    # past admission_store_memory_ratio of its maxmemory.
+    admission_kafka_max_bytes: int = Field(default=402_653_184, ge=1)  # 384 MiB volume budget
     admission_rabbitmq_max_bytes: int = Field(default=402_653_184, ge=1)  # below the alarms
-    admission_resume_ratio: float = Field(default=0.8, gt=0, le=1)
+    admission_broker_limit_ratio: float = Field(default=0.5, gt=0, le=1)
+    admission_store_memory_ratio: float = Field(default=0.8, gt=0, le=1)
     admission_stale_after_s: float = Field(default=30.0, gt=0)
     admission_poll_interval_s: float = Field(default=1.0, ge=1.0)
 

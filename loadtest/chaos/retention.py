@@ -1,8 +1,9 @@
 """A store outage longer than Kafka keeps records (retention shortened for the round).
 
 For the round the tweet topic keeps records ``RETENTION_MS`` (segments roll every
-``SEGMENT_MS``, so closed ones can go), and ingest runs with ``ADMISSION_KAFKA_MAX_STALL_S``
-= ``STALL_S`` (a third of it, as 12 h is half of the real 24 h). Redis is stopped for
+``SEGMENT_MS``, so closed ones can go). Ingest is not told: it reads the topic's retention
+from the broker and refuses once the oldest unread record is ``STALL_S`` old
+(``ADMISSION_BROKER_LIMIT_RATIO`` of it, as in production). Redis is stopped for
 ``RETENTION_MS`` + 15 s while the load keeps sending. What must hold: admission control
 refuses (503) before the first unread record is old enough to be deleted; any record Kafka
 deletes unread anyway is reported (``tweets:skipped``), never silent; Valkey counts every
@@ -34,7 +35,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from devstack import serve_ops, stack
+from devstack import stack
 from devstack.config import stack_config
 from loadtest.chaos.core import FAULT_AT_S, Context, health, settings, topic_partitions
 from loadtest.counters import Counters
@@ -42,16 +43,17 @@ from serve_app.store.core import KEYS
 
 RETENTION_MS = 30_000
 SEGMENT_MS = 3_000
-STALL_S = 10.0
+STALL_S = RETENTION_MS / 1000 * settings.admission_broker_limit_ratio
+"""Age of the oldest unread record at which admission refuses during the round."""
 DOWN_S = RETENTION_MS / 1000 + 15
 CHECK_INTERVAL_S = 300
 """log.retention.check.interval.ms of the local Kafka (devstack/servers/kafka.py)."""
 LONG_DOWN_S = RETENTION_MS / 1000 + CHECK_INTERVAL_S + 30
 SHORT_LOAD_S = FAULT_AT_S + STALL_S / 2
-"""The load of ``redis_outage_past_retention_check``: it ends half the stall limit after
-Redis stopped, so no request meets the refusal (the stall clock may start a reading or two
-before the stop, when the lag merely grew; 9 s after the stop was not enough once: 25
-requests were refused and, Redis being down for minutes, gave up)."""
+"""The load of ``redis_outage_past_retention_check``: it ends half the age limit after
+Redis stopped, so no request meets the refusal (the oldest unread record may be a little
+older than the stop: a batch the consumer held when Redis went; requests refused there are
+retried while Redis is down for minutes, and give up)."""
 STATE = stack_config.state_dir / "chaos-retention.json"
 DYNAMIC_TOPIC_CONFIG = 1
 """DescribeConfigs' config_source of a topic's own override."""
@@ -99,35 +101,26 @@ async def set_overrides(configs: dict[str, str]) -> None:
         await admin.close()
 
 
-def stalled_ingest_config() -> dict[str, Any]:
-    config = serve_ops.local_config()
-    [app] = [a for a in config["applications"] if a["name"] == "ingest"]
-    app["args"] = {**(app.get("args") or {}), "admission_kafka_max_stall_s": STALL_S}
-    return config
-
-
 async def put_back() -> list[str]:
     """Restore what ``STATE`` says was changed (idempotent; nothing without ``STATE``)."""
     if not STATE.exists():
         return []
     saved = json.loads(STATE.read_text())
     await set_overrides(saved["topic_overrides"])
-    await asyncio.to_thread(serve_ops.restore)
     if not stack.is_running("redis"):
         await asyncio.to_thread(stack.start, "redis")
     STATE.unlink()
-    return [f"topic overrides {saved['topic_overrides']}", "stock serve config"]
+    return [f"topic overrides {saved['topic_overrides']}"]
 
 
 @contextlib.asynccontextmanager
 async def short_retention(ctx: Context) -> AsyncIterator[None]:
-    """The round runs with short retention and a short admission stall; put back after."""
+    """The round runs with the topic's retention shortened on the broker; put back after."""
     ctx.notes["leftover_restored"] = await put_back()
     current = await topic_overrides()
     STATE.write_text(json.dumps({"topic_overrides": current}))
     try:
         await set_overrides(shortened(current))
-        await asyncio.to_thread(serve_ops.deploy, stalled_ingest_config(), label="chaos-stall")
         yield
     finally:
         ctx.notes["restored"] = await put_back()

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CommitFailedError,
@@ -29,6 +31,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 from aiokafka.structs import ConsumerRecord
 
 from serve_app.brokers.base import (
@@ -40,6 +44,7 @@ from serve_app.brokers.base import (
     Skipped,
 )
 from serve_app.errors import ConfigError, ConnectFailed, connect_reason
+from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -53,6 +58,9 @@ from serve_app.settings import Settings
 ORIGINAL_TOPIC_HEADER = "x-original-topic"
 ORIGINAL_PARTITION_HEADER = "x-original-partition"
 ORIGINAL_OFFSET_HEADER = "x-original-offset"
+TOPIC_RESOURCE = ConfigResourceType.TOPIC
+MAX_FETCH_ROUNDS = 100
+"""Fetches of 100 ms at most that :func:`records_at` waits for its records."""
 
 Record = ConsumerRecord
 """What a Kafka delivery's ``origin`` is."""
@@ -450,8 +458,12 @@ class KafkaProbe:
         if self._admin is None or self._offsets is None:
             connection = kafka_connection(self.settings)
             admin = AIOKafkaAdminClient(**connection, client_id="weather-monitor")
-            offsets = AIOKafkaConsumer(
-                **connection, client_id="weather-monitor", enable_auto_commit=False
+            offsets = AIOKafkaConsumer(  # no group; also reads single records (records_at)
+                **connection,
+                client_id="weather-monitor",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=1,  # one record batch per partition, however large
             )
             try:
                 await start_kafka_client(self.settings, admin.start, admin.close)
@@ -492,6 +504,41 @@ class KafkaProbe:
             tps = (await self._partitions(admin))[self.settings.kafka_topic]
             return await self._lag(admin, offsets, tps)
 
+    async def backlog(self) -> BacklogReading:
+        """The tweet topic's unconsumed backlog per partition as the broker measures it (log
+        sizes, the group's committed offsets, the oldest unconsumed and the newest record)
+        and the retention the broker applies to the topic right now."""
+        topic = self.settings.kafka_topic
+        async with asyncio.timeout(self.timeout_s):
+            admin, offsets = await self._clients()
+            tps = (await self._partitions(admin))[topic]
+            [described] = await admin.describe_configs([ConfigResource(TOPIC_RESOURCE, topic)])
+            limits = retention_limits(config_values(described))
+            if not tps:
+                return BacklogReading((), limits)
+            committed = await admin.list_consumer_group_offsets(
+                self.settings.kafka_consumer_group, partitions=tps
+            )
+            starts = await offsets.beginning_offsets(tps)
+            ends = await offsets.end_offsets(tps)
+            sizes = await log_sizes(admin, topic, [tp.partition for tp in tps])
+            positions = {tp: group_position(starts[tp], committed.get(tp)) for tp in tps}
+            behind = {tp: p for tp, p in positions.items() if p < ends[tp]}
+            oldest = await records_at(offsets, behind)
+            newest = await records_at(offsets, {tp: ends[tp] - 1 for tp in behind})
+        now_s = time.time()
+        parts = tuple(
+            partition_backlog(
+                tp,
+                (sizes.get(tp.partition, 0), starts[tp], ends[tp], positions[tp]),
+                oldest.get(tp),
+                newest.get(tp),
+                now_s,
+            )
+            for tp in tps
+        )
+        return BacklogReading(parts, limits)
+
     async def read(self) -> dict[str, Any]:
         """Health, lag and dead letters in one bounded round; errors become the health."""
         try:
@@ -521,6 +568,189 @@ class KafkaProbe:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+# --- backlog as the broker measures it ------------------------------------------------------
+
+
+class _DescribeLogDirsResponseV1(Response):
+    API_KEY = 35
+    API_VERSION = 1
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "results",
+            Array(
+                ("error_code", Int16),
+                ("log_dir", String("utf-8")),
+                (
+                    "topics",
+                    Array(
+                        ("name", String("utf-8")),
+                        (
+                            "partitions",
+                            Array(
+                                ("partition_index", Int32),
+                                ("partition_size", Int64),
+                                ("offset_lag", Int64),
+                                ("is_future_key", Boolean),
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+class _DescribeLogDirsRequestV1(RequestStruct):
+    API_KEY = 35
+    API_VERSION = 1
+    RESPONSE_TYPE = _DescribeLogDirsResponseV1
+    SCHEMA = Schema(("topics", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))))
+
+
+class DescribeLogDirs(Request[_DescribeLogDirsRequestV1]):
+    """The sizes of a topic's partitions on one broker's disks (Kafka's DescribeLogDirs, v1:
+    what Kafka 4 still serves, and what aiokafka's admin client does not offer)."""
+
+    API_KEY = 35
+
+    def __init__(self, topic: str, partitions: Sequence[int]) -> None:
+        self.topic = topic
+        self.partitions = list(partitions)
+
+    def build(self, request_struct_class: type[_DescribeLogDirsRequestV1]) -> Any:
+        return request_struct_class([(self.topic, self.partitions)])
+
+
+def log_sizes_of(responses: Sequence[Any], topic: str) -> dict[int, int]:
+    """Each partition's log size from every broker's DescribeLogDirs answer: the largest
+    replica (a follower may lag behind its leader; a future replica being moved is not the
+    log), summed over a broker's log directories."""
+    sizes: dict[int, int] = {}
+    for response in responses:
+        on_broker: dict[int, int] = {}
+        for error_code, log_dir, topics in response.results:
+            if error_code:
+                raise for_code(error_code)(f"DescribeLogDirs {log_dir}")
+            for name, partitions in topics:
+                for index, size, _, future in partitions if name == topic else ():
+                    if not future:
+                        on_broker[index] = on_broker.get(index, 0) + size
+        for index, size in on_broker.items():
+            sizes[index] = max(sizes.get(index, 0), size)
+    return sizes
+
+
+async def log_sizes(
+    admin: AIOKafkaAdminClient, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Ask every broker of the cluster for the sizes of the topic's partitions."""
+    client = admin._client  # aiokafka's admin has no DescribeLogDirs: sent as its own calls
+    nodes = [broker.nodeId for broker in client.cluster.brokers()]
+    if not nodes:
+        await client.force_metadata_update()
+        nodes = [broker.nodeId for broker in client.cluster.brokers()]
+    request = DescribeLogDirs(topic, partitions)
+    responses = await asyncio.gather(*(client.send(node, request) for node in nodes))
+    return log_sizes_of(responses, topic)
+
+
+def config_values(response: Any) -> dict[str, str]:
+    """A topic's effective settings (its own, the broker's and the defaults) from one
+    DescribeConfigs answer: (name, value, read_only, source, sensitive, ...)."""
+    [(error_code, message, _, name, entries)] = response.resources
+    if error_code:
+        raise for_code(error_code)(f"DescribeConfigs {name}: {message}")
+    return {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+
+
+def retention_limits(configs: Mapping[str, str]) -> BrokerLimits:
+    """What the broker deletes a partition's records beyond: by age ``retention.ms``; by size
+    ``retention.bytes`` less one ``segment.bytes``, since whole segments go and what is left
+    may be one segment short of it. -1 (or a compacted topic) is no such limit."""
+    if "delete" not in configs.get("cleanup.policy", "delete"):
+        return BrokerLimits()
+    retention_ms = int(configs.get("retention.ms", "-1"))
+    retention_bytes = int(configs.get("retention.bytes", "-1"))
+    segment_bytes = int(configs.get("segment.bytes", "0"))
+    return BrokerLimits(
+        part_bytes=None if retention_bytes < 0 else max(0, retention_bytes - segment_bytes),
+        age_s=None if retention_ms < 0 else retention_ms / 1000,
+    )
+
+
+def group_position(start: int, committed: Any) -> int:
+    """Where the group reads next: its committed offset, else the log's start."""
+    offset = committed.offset if committed is not None and committed.offset >= 0 else start
+    return max(offset, start)
+
+
+def record_bytes(record: Record) -> int:
+    return max(0, record.serialized_key_size) + max(0, record.serialized_value_size)
+
+
+def unconsumed_bytes(size: int, start: int, end: int, position: int, samples: Sequence[int]) -> int:
+    """Bytes of the records from ``position`` to ``end``: Kafka tells a log's size, not the
+    bytes from an offset on, so its records count at the largest of the log's mean record
+    and the records sampled at both ends of the unconsumed range (a burst of large records
+    after small ones is not averaged away), and never more than the whole log."""
+    lag = end - position
+    if lag <= 0:
+        return 0
+    mean = size / (end - start) if end > start else 0
+    return min(size, round(lag * max(mean, *samples)))
+
+
+async def records_at(
+    consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, Record]:
+    """The first record at or after each position (a deleted one: the oldest still kept),
+    read by a consumer of no group; its partitions are paused again after, so nothing is
+    fetched between readings. Bounded by the caller's timeout."""
+    if not positions:
+        return {}
+    consumer.assign(list(positions))
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    consumer.resume(*positions)
+    found: dict[TopicPartition, Record] = {}
+    try:
+        for _ in range(MAX_FETCH_ROUNDS):
+            batches = await consumer.getmany(timeout_ms=100)
+            for tp, records in batches.items():
+                if records and tp not in found:
+                    found[tp] = records[0]
+                    consumer.pause(tp)
+            if len(found) == len(positions):
+                return found
+    finally:
+        consumer.pause(*positions)
+    missing = sorted(f"{tp.topic}/{tp.partition}" for tp in positions if tp not in found)
+    raise TimeoutError(f"no record fetched from {', '.join(missing)}")
+
+
+def partition_backlog(
+    tp: TopicPartition,
+    span: tuple[int, int, int, int],
+    oldest: Record | None,
+    newest: Record | None,
+    now_s: float,
+) -> PartBacklog:
+    """One partition's reading: ``span`` is (log size, start, end, the group's position);
+    the oldest unconsumed record's age is the wall clock less its timestamp."""
+    size, start, end, position = span
+    if position >= end:
+        return PartBacklog(f"{tp.topic}/{tp.partition}", 0, 0)
+    samples = [record_bytes(r) for r in (oldest, newest) if r is not None]
+    age = None if oldest is None else max(0.0, now_s - oldest.timestamp / 1000)
+    return PartBacklog(
+        f"{tp.topic}/{tp.partition}",
+        end - position,
+        unconsumed_bytes(size, start, end, position, samples),
+        age,
+    )
 
 
 def skipped_range(source: str, position: int, beginning: int) -> Skipped | None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import aio_pika
+import httpx
 from aio_pika import RobustConnection
 from aio_pika.abc import (
     AbstractChannel,
@@ -33,6 +37,7 @@ from serve_app.brokers.base import (
     Skipped,
 )
 from serve_app.errors import ConnectFailed, connect_reason
+from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
     READ_TIMEOUT_S,
@@ -41,7 +46,7 @@ from serve_app.model.health import (
     failed,
     healthy,
 )
-from serve_app.settings import Settings
+from serve_app.settings import Settings, tls_context
 
 Message = AbstractIncomingMessage
 """What a RabbitMQ delivery's ``origin`` is."""
@@ -433,13 +438,15 @@ async def open_rabbit_source(
 
 
 class RabbitProbe:
-    """Ready messages in the tweet queue and in the dead-letter queue (passive declares)."""
+    """Ready messages in the tweet queue and in the dead-letter queue (passive declares), and
+    the tweet queue's backlog and limits (the management API)."""
 
     def __init__(self, settings: Settings, timeout_s: float = READ_TIMEOUT_S) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._management: httpx.AsyncClient | None = None
 
     async def _open_channel(self) -> AbstractChannel:
         """The open channel; a closed connection or channel (e.g. 404) is reopened."""
@@ -471,6 +478,20 @@ class RabbitProbe:
         async with asyncio.timeout(self.timeout_s):
             return await self._ready(self.settings.rabbitmq_queue)
 
+    async def backlog(self) -> BacklogReading:
+        """The tweet queue's messages, bytes and limits from the management API: read-only,
+        so no delivery (a basic.get would count as one on a quorum queue) and no side
+        effect. Its figures are as fresh as RabbitMQ's statistics (every 5 s by default)."""
+        if self._management is None:
+            self._management = management_client(self.settings, self.timeout_s)
+        vhost, name = (
+            quote(v, safe="") for v in (self.settings.rabbitmq_vhost, self.settings.rabbitmq_queue)
+        )
+        async with asyncio.timeout(self.timeout_s):
+            response = await self._management.get(f"/api/queues/{vhost}/{name}")
+        response.raise_for_status()
+        return queue_backlog(response.json(), time.time())
+
     async def read(self) -> dict[str, Any]:
         """Health, depth and dead letters in one bounded round; errors become the health."""
         try:
@@ -483,16 +504,69 @@ class RabbitProbe:
         return {"health": healthy(), "depth": depth, "dead_letters": dead}
 
     async def close(self) -> None:
-        connection = self._connection
-        self._connection = self._channel = None
+        connection, management = self._connection, self._management
+        self._connection = self._channel = self._management = None
         if connection is not None:
             await close_quietly(connection.close())
+        if management is not None:
+            await close_quietly(management.aclose())
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+# --- backlog as the broker measures it ------------------------------------------------------
+
+
+def smallest_limit(queue: Mapping[str, Any], argument: str, policy_key: str) -> int | None:
+    """A queue limit as RabbitMQ applies it: the smaller of its x-argument and its effective
+    policy's (operator policies merged in); None when neither sets it."""
+    arguments = queue.get("arguments") or {}
+    policy = queue.get("effective_policy_definition") or {}
+    values = [arguments.get(argument), policy.get(policy_key)]
+    return min((v for v in values if type(v) is int and v >= 0), default=None)
+
+
+def queue_limits(queue: Mapping[str, Any]) -> BrokerLimits:
+    """What RabbitMQ drops (or refuses) a queue's messages beyond: its length, its bytes and
+    its message TTL. A quorum queue does not tell its head message's age."""
+    ttl_ms = smallest_limit(queue, "x-message-ttl", "message-ttl")
+    return BrokerLimits(
+        part_bytes=smallest_limit(queue, "x-max-length-bytes", "max-length-bytes"),
+        part_messages=smallest_limit(queue, "x-max-length", "max-length"),
+        age_s=None if ttl_ms is None else ttl_ms / 1000,
+        ages_measured="head_message_timestamp" in queue,
+    )
+
+
+def queue_backlog(queue: Mapping[str, Any], now_s: float) -> BacklogReading:
+    """A queue's reading from the management API's ``GET /api/queues/{vhost}/{name}``: its
+    messages and their bytes (ready and unacknowledged: neither is counted yet), the age of
+    its head message where RabbitMQ tracks it (classic queues), and its limits."""
+    messages = int(queue.get("messages") or 0)
+    head = queue.get("head_message_timestamp")
+    timestamped = messages and isinstance(head, int | float) and not isinstance(head, bool)
+    age = max(0.0, now_s - head) if timestamped else None
+    part = PartBacklog(str(queue.get("name")), messages, int(queue.get("message_bytes") or 0), age)
+    return BacklogReading((part,), queue_limits(queue))
+
+
+def management_client(settings: Settings, timeout_s: float) -> httpx.AsyncClient:
+    """A client of RabbitMQ's management HTTP API, as the app's user (it needs the
+    ``monitoring`` or ``management`` tag), verifying TLS as the AMQP connection does."""
+    url = settings.rabbitmq_management_url
+    verify: ssl.SSLContext | bool = True
+    if url.startswith("https:"):
+        verify = settings.tls_context_for("rabbitmq") or tls_context()
+    return httpx.AsyncClient(
+        base_url=url,
+        auth=(settings.rabbitmq_user, settings.rabbitmq_password.get_secret_value()),
+        timeout=timeout_s,
+        verify=verify,
+    )
 
 
 async def rabbit_depth(settings: Settings, timeout_s: float = TOOLING_TIMEOUT_S) -> int:

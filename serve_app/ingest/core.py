@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.errors import PublishFailed, describe
 from serve_app.ingest.supervisor import TaskHealth
+from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog, StoreMemory
 from serve_app.model.codec import Chunk, EncodedBatch
 from serve_app.model.metrics import (
     ACCEPTED,
@@ -212,7 +213,6 @@ class Ingest:
     async def _write(self, writer: Writer, chunks: list[Chunk], timeout_s: float) -> int:
         async with asyncio.timeout(timeout_s):
             confirmed = await writer.write(chunks, timeout_s)
-        self.admission.published(writer.broker, chunks)
         self.metrics.inc(CHUNKS_PUBLISHED, confirmed, broker=writer.broker)
         return confirmed
 
@@ -355,12 +355,75 @@ class Coalescer:
 
 @dataclass(frozen=True)
 class BacklogLimit:
-    """What one broker keeps of an undrained backlog before anything could be lost: a byte
-    budget (below its retention bytes or its alarms) and, for a broker that deletes by age,
-    how long a backlog may go without draining (``None``: kept until consumed)."""
+    """The volume budget of one broker's undrained backlog (a setting): the bytes its disk
+    (or memory) may hold for tweets not yet counted, whatever the broker's own limits."""
 
     max_bytes: int
-    max_stall_s: float | None = None
+
+
+STORE_BYTES_PER_BACKLOG_BYTE = 1.0
+"""Store memory a broker byte still to be counted will take: a counted tweet keeps its id
+marker (about 170 bytes in Redis) for a record body of about as many bytes."""
+
+
+def backlog_refusal(reading: BacklogReading, budget: BacklogLimit, ratio: float) -> str:
+    """Why a broker with this backlog must not take more tweets ('' if it may): its unconsumed
+    bytes reach the volume budget, or any partition (queue) reaches ``ratio`` of a limit the
+    broker itself applies (bytes, messages, the age of its oldest unconsumed record). A pure
+    function of the reading, so every replica, new or old, decides the same."""
+    total = reading.unconsumed_bytes
+    if total >= budget.max_bytes:
+        return f"{total} unconsumed bytes reach the volume budget of {budget.max_bytes} bytes"
+    for part in reading.parts:
+        if part.messages:
+            why = part_refusal(part, reading.limits, ratio)
+            if why:
+                return why
+    return ""
+
+
+def part_refusal(part: PartBacklog, limits: BrokerLimits, ratio: float) -> str:
+    """Why one non-empty partition (queue) is too close to what its broker deletes."""
+    share = f"{ratio:.0%} or more of the"
+    if limits.part_bytes is not None and part.unconsumed_bytes >= limits.part_bytes * ratio:
+        return (
+            f"{part.name} holds {part.unconsumed_bytes} unconsumed bytes, "
+            f"{share} {limits.part_bytes} the broker keeps"
+        )
+    if limits.part_messages is not None and part.messages >= limits.part_messages * ratio:
+        return (
+            f"{part.name} holds {part.messages} unconsumed messages, "
+            f"{share} {limits.part_messages} the broker keeps"
+        )
+    if limits.age_s is None:
+        return ""
+    if part.oldest_age_s is None and not limits.ages_measured:
+        return (
+            f"{part.name} deletes messages older than {limits.age_s:g} s and cannot tell "
+            "how old its oldest one is"
+        )
+    if part.oldest_age_s is not None and part.oldest_age_s >= limits.age_s * ratio:
+        return (
+            f"the oldest unconsumed record of {part.name} is {part.oldest_age_s:.0f} s old, "
+            f"{share} {limits.age_s:g} s the broker keeps it"
+        )
+    return ""
+
+
+def store_refusal(memory: StoreMemory, pending_bytes: int, ratio: float) -> str:
+    """Why a store must not be sent more tweets ('' if it may): what it uses plus what its
+    broker still holds for it reaches ``ratio`` of its ``maxmemory``, so it still has room
+    for every tweet already accepted (a full store fails every script, its consumer stops
+    and the broker's retention would delete what it holds)."""
+    if memory.max_bytes <= 0:
+        return ""
+    pending = round(pending_bytes * STORE_BYTES_PER_BACKLOG_BYTE)
+    if memory.used_bytes + pending < memory.max_bytes * ratio:
+        return ""
+    return (
+        f"uses {memory.used_bytes} bytes with {pending} more to come from its broker: "
+        f"{ratio:.0%} or more of its maxmemory of {memory.max_bytes} bytes"
+    )
 
 
 @dataclass(frozen=True)
@@ -368,37 +431,45 @@ class AdmissionPolicy:
     """When ingest stops taking tweets in. No limits: it never refuses (tools, tests)."""
 
     limits: Mapping[str, BacklogLimit] = field(default_factory=dict)
-    resume_ratio: float = 0.8
-    """Refusing stops only below this share of ``max_bytes``, so the answer does not flap."""
+    stores: Mapping[str, str] = field(default_factory=dict)
+    """Each store watched, with the broker that feeds it."""
+    broker_limit_ratio: float = 0.5
+    """Share of each limit a broker applies that a partition's (queue's) backlog may reach."""
+    store_memory_ratio: float = 0.8
+    """Share of a store's ``maxmemory`` its use plus its broker's backlog may reach."""
     stale_after_s: float = 30.0
     """A backlog unread for longer is unknown, and an unknown backlog is not admitted."""
-    assumed_message_bytes: int = 1024
-    """Bytes per broker message until this replica has published one (then its mean)."""
 
 
 @dataclass
 class Backlog:
-    """One broker's last backlog reading and what admission made of it."""
+    """One broker's last backlog reading."""
 
-    messages: int | None = None
+    reading: BacklogReading | None = None
     read_at: float = 0.0
     """Clock of the last good reading (the replica's start before the first one)."""
-    draining_at: float = 0.0
-    """Clock when the backlog was last empty or shrinking: the consumer's last sign of life."""
     error: str = ""
-    refusing: str = ""
-    """Why new tweets are refused; empty while admitting."""
+
+
+@dataclass
+class StoreState:
+    """One store's last memory reading; it holds while the store cannot be read, since
+    nothing can fill a store that cannot be reached (its broker's backlog is watched)."""
+
+    memory: StoreMemory | None = None
+    error: str = ""
 
 
 class Admission:
-    """Admission control from the brokers' backlogs (Kafka consumer-group lag, RabbitMQ
-    queue depth), read by :meth:`run` at most once per interval, never per request.
+    """Admission control from what the brokers and stores measure and the limits they apply,
+    read by :meth:`run` at most once per interval, never per request.
 
     A 202 promises a count in both stores, so a tweet must not be taken in while a broker
-    may delete it before its consumer reads it: Kafka deletes by size and age (retention),
-    and RabbitMQ blocks every publisher (and the dead-letter step) at its memory and disk
-    alarms. Bytes are estimated as messages × the mean size of the messages this replica
-    published to that broker (the probes count messages, the limits are in bytes).
+    may delete it before its consumer reads it (Kafka deletes by size and age, RabbitMQ by
+    a queue's length, bytes or TTL when they are set), nor while a store is too full to
+    count what its broker still holds. The decision is a function of the latest readings
+    alone (:func:`backlog_refusal`, :func:`store_refusal`): every replica, a new one
+    included, refuses from the same readings.
     """
 
     def __init__(
@@ -410,67 +481,51 @@ class Admission:
         self.policy = policy
         self.clock = clock
         now = clock()
-        watched = [b for b in brokers if b in policy.limits]
-        self.backlogs = {b: Backlog(read_at=now, draining_at=now) for b in watched}
-        self._sent = {b: [0, 0] for b in watched}  # [messages, bytes] published
+        self.backlogs = {b: Backlog(read_at=now) for b in brokers if b in policy.limits}
+        self.stores = {s: StoreState() for s in policy.stores}
         self.poller = TaskHealth("backlog poller")  # kept running by supervisor.supervise
 
-    def published(self, broker: str, chunks: Sequence[Chunk]) -> None:
-        """Learn the size of this broker's messages from what it just confirmed."""
-        sent = self._sent.get(broker)
-        if sent is not None:
-            sent[0] += len(chunks)
-            sent[1] += sum(len(c.body) for c in chunks)
+    def record(self, broker: str, reading: BacklogReading) -> None:
+        """A reading of one broker's backlog and limits."""
+        self.backlogs[broker] = Backlog(reading, self.clock())
 
-    def message_bytes(self, broker: str) -> float:
-        messages, size = self._sent[broker]
-        return size / messages if messages else self.policy.assumed_message_bytes
+    def record_memory(self, store: str, memory: StoreMemory) -> None:
+        """A reading of one store's memory."""
+        self.stores[store] = StoreState(memory)
 
-    def estimated_bytes(self, broker: str) -> int:
-        messages = self.backlogs[broker].messages or 0
-        return round(messages * self.message_bytes(broker))
+    def failed(self, name: str, exc: BaseException) -> None:
+        """A reading that did not come: a broker's last one holds until it is stale, a
+        store's for as long as the store cannot be read."""
+        state = self.backlogs.get(name) or self.stores[name]
+        state.error = describe(exc)
 
-    def record(self, broker: str, messages: int) -> None:
-        """A reading of the backlog, in messages."""
-        backlog, now = self.backlogs[broker], self.clock()
-        if backlog.messages is None or messages == 0 or messages < backlog.messages:
-            backlog.draining_at = now
-        backlog.messages, backlog.read_at, backlog.error = messages, now, ""
-        backlog.refusing = self._decide(broker, backlog, now)
-
-    def failed(self, broker: str, exc: BaseException) -> None:
-        """A reading that did not come: the last one holds until it is stale."""
-        self.backlogs[broker].error = describe(exc)
-
-    def _decide(self, broker: str, backlog: Backlog, now: float) -> str:
-        limit = self.policy.limits[broker]
-        ratio = self.policy.resume_ratio if backlog.refusing else 1.0
-        estimate = self.estimated_bytes(broker)
-        if estimate >= limit.max_bytes * ratio:
-            return (
-                f"backlog of {backlog.messages} messages (~{estimate} bytes) is over "
-                f"{ratio:.0%} of the {limit.max_bytes} bytes admitted before the consumers drain it"
-            )
-        stalled_s = now - backlog.draining_at
-        if limit.max_stall_s is not None and backlog.messages and stalled_s >= limit.max_stall_s:
-            return (
-                f"backlog of {backlog.messages} messages has not drained for {stalled_s:.0f} s "
-                f"(limit {limit.max_stall_s:g} s)"
-            )
-        return ""
+    def pending_bytes(self, store: str) -> int:
+        """Unconsumed bytes the store's broker holds for it (0 before a reading)."""
+        backlog = self.backlogs.get(self.policy.stores[store])
+        return backlog.reading.unconsumed_bytes if backlog and backlog.reading else 0
 
     def refusals(self) -> dict[str, str]:
-        """Each broker for which new tweets are refused right now, with why."""
-        now, stale_s = self.clock(), self.policy.stale_after_s
+        """Each broker or store for which new tweets are refused right now, with why."""
+        now, policy = self.clock(), self.policy
         reasons = {}
         for broker, backlog in self.backlogs.items():
             unknown_s = now - backlog.read_at
-            if unknown_s > stale_s:
-                reasons[broker] = (
-                    f"backlog unknown for {unknown_s:.0f} s ({backlog.error or 'no reading'})"
+            if unknown_s > policy.stale_after_s:
+                why = f"backlog unknown for {unknown_s:.0f} s ({backlog.error or 'no reading'})"
+            elif backlog.reading is None:
+                continue
+            else:
+                why = backlog_refusal(
+                    backlog.reading, policy.limits[broker], policy.broker_limit_ratio
                 )
-            elif backlog.refusing:
-                reasons[broker] = backlog.refusing
+            if why:
+                reasons[broker] = why
+        for store, state in self.stores.items():
+            if state.memory is not None:
+                pending = self.pending_bytes(store)
+                why = store_refusal(state.memory, pending, policy.store_memory_ratio)
+                if why:
+                    reasons[store] = why
         return reasons
 
     def check(self) -> None:
@@ -480,37 +535,50 @@ class Admission:
             raise PublishFailed(reasons)
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """What ``GET /health`` shows for each broker watched."""
+        """What ``GET /health`` shows for each broker and store watched."""
         reasons = self.refusals()
-        return {
+        report = {
             broker: {
                 "admitting": broker not in reasons,
-                "backlog_messages": backlog.messages,
-                "backlog_bytes_estimate": self.estimated_bytes(broker),
+                **backlog_report(backlog.reading),
                 "max_bytes": self.policy.limits[broker].max_bytes,
+                "read_error": backlog.error,
                 "detail": reasons.get(broker, "ok"),
             }
             for broker, backlog in self.backlogs.items()
         }
+        for store, state in self.stores.items():
+            memory = state.memory
+            report[store] = {
+                "admitting": store not in reasons,
+                "used_memory": memory.used_bytes if memory else None,
+                "maxmemory": memory.max_bytes if memory else None,
+                "pending_bytes": self.pending_bytes(store),
+                "read_error": state.error,
+                "detail": reasons.get(store, "ok"),
+            }
+        return report
 
     async def poll(
-        self, readers: Mapping[str, Callable[[], Awaitable[int]]], metrics: MetricsSink
+        self, readers: Mapping[str, Callable[[], Awaitable[Any]]], metrics: MetricsSink
     ) -> None:
-        """Read every backlog once (concurrently) and export whether each broker refuses."""
-        brokers = [b for b in readers if b in self.backlogs]
-        readings = await asyncio.gather(*(readers[b]() for b in brokers), return_exceptions=True)
-        for broker, reading in zip(brokers, readings, strict=True):
+        """Read every broker and store once (concurrently) and export whether each refuses."""
+        names = [n for n in readers if n in self.backlogs or n in self.stores]
+        readings = await asyncio.gather(*(readers[n]() for n in names), return_exceptions=True)
+        for name, reading in zip(names, readings, strict=True):
             if isinstance(reading, BaseException):
-                self.failed(broker, reading)
+                self.failed(name, reading)
+            elif name in self.backlogs:
+                self.record(name, reading)
             else:
-                self.record(broker, reading)
+                self.record_memory(name, reading)
         reasons = self.refusals()
-        for broker in self.backlogs:
-            metrics.set(ADMISSION_REFUSING, float(broker in reasons), broker=broker)
+        for name in [*self.backlogs, *self.stores]:
+            metrics.set(ADMISSION_REFUSING, float(name in reasons), broker=name)
 
     async def run(
         self,
-        readers: Mapping[str, Callable[[], Awaitable[int]]],
+        readers: Mapping[str, Callable[[], Awaitable[Any]]],
         metrics: MetricsSink,
         interval_s: float,
     ) -> None:
@@ -518,3 +586,21 @@ class Admission:
         while True:
             await self.poll(readers, metrics)
             await asyncio.sleep(interval_s)
+
+
+def backlog_report(reading: BacklogReading | None) -> dict[str, Any]:
+    """A broker's last reading as ``GET /health`` shows it (None before the first one)."""
+    if reading is None:
+        return {
+            "backlog_messages": None,
+            "unconsumed_bytes": None,
+            "oldest_unconsumed_age_s": None,
+            "limits": None,
+        }
+    age = reading.oldest_age_s
+    return {
+        "backlog_messages": reading.messages,
+        "unconsumed_bytes": reading.unconsumed_bytes,
+        "oldest_unconsumed_age_s": None if age is None else round(age, 1),
+        "limits": asdict(reading.limits),
+    }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -39,13 +40,14 @@ from serve_app.ingest.grpc import PublisherService
 from serve_app.ingest.limiter import GradientConfig, GradientLimiter
 from serve_app.ingest.rest import build_rest_app
 from serve_app.ingest.supervisor import supervise
+from serve_app.model.backlog import BacklogReading
 from serve_app.model.codec import Chunk
 from serve_app.model.metrics import CONCURRENCY_LIMIT, POLLER_RESTARTS, MetricsSink
 from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
 from serve_app.runtime import ray_metrics
 from serve_app.settings import Settings
-from serve_app.store.client import both_stores, read_side_by_side
+from serve_app.store.client import both_stores, read_memory, read_side_by_side
 
 
 class HandleWriter:
@@ -77,16 +79,17 @@ def limits_from(config: Settings) -> IngestLimits:
 
 
 def admission_from(config: Settings) -> Admission:
-    """Kafka deletes by size and age; RabbitMQ keeps messages until consumed, but blocks
-    publishers at its alarms: a byte budget for both, a drain deadline for Kafka."""
+    """The brokers' own limits are read from them at every poll; the settings add a volume
+    budget for each and the shares of those limits, and of each store's maxmemory, that
+    may be used before new tweets are refused. Kafka feeds Redis, RabbitMQ feeds Valkey."""
     policy = AdmissionPolicy(
         limits={
-            KafkaChunkWriter.broker: BacklogLimit(
-                config.admission_kafka_max_bytes, config.admission_kafka_max_stall_s
-            ),
+            KafkaChunkWriter.broker: BacklogLimit(config.admission_kafka_max_bytes),
             RabbitChunkWriter.broker: BacklogLimit(config.admission_rabbitmq_max_bytes),
         },
-        resume_ratio=config.admission_resume_ratio,
+        stores={"redis": KafkaChunkWriter.broker, "valkey": RabbitChunkWriter.broker},
+        broker_limit_ratio=config.admission_broker_limit_ratio,
+        store_memory_ratio=config.admission_store_memory_ratio,
         stale_after_s=config.admission_stale_after_s,
     )
     return Admission(policy, (KafkaChunkWriter.broker, RabbitChunkWriter.broker))
@@ -138,18 +141,24 @@ class Gateway:
         self._grpc = PublisherService(self.ingest, self.publish)
 
     async def _watch_backlogs(self) -> None:
-        """The replica's one backlog poller (the app's lifespan runs it), never per request."""
+        """The replica's one poller of the brokers' backlogs and the stores' memory (the
+        app's lifespan runs it, supervised), never per request."""
         async with KafkaProbe(self._config) as kafka, RabbitProbe(self._config) as rabbit:
 
-            async def depth() -> int:
+            async def queue() -> BacklogReading:
                 try:
-                    return await rabbit.depth()
+                    return await rabbit.backlog()
                 except Exception:  # reconnect next time, as RabbitProbe.read does
                     await rabbit.close()
                     raise
 
+            stores = {name: store.client for name, store in self._stores.items()}
             await self.ingest.admission.run(
-                {KafkaChunkWriter.broker: kafka.lag, RabbitChunkWriter.broker: depth},
+                {
+                    KafkaChunkWriter.broker: kafka.backlog,
+                    RabbitChunkWriter.broker: queue,
+                    **{name: partial(read_memory, client) for name, client in stores.items()},
+                },
                 self.ingest.metrics,
                 self._config.admission_poll_interval_s,
             )

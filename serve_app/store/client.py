@@ -17,6 +17,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ResponseError
 
 from serve_app.errors import ConnectFailed, PipelineError, connect_reason, describe
+from serve_app.model.backlog import StoreMemory
 from serve_app.model.health import READ_TIMEOUT_S, failed, healthy
 from serve_app.settings import Settings
 from serve_app.store.core import (
@@ -454,3 +455,11 @@ class StoreProbe:
             "used_memory": int(memory["used_memory"]),
             "ops_per_sec": int(stats["instantaneous_ops_per_sec"]),
         }
+
+
+async def read_memory(client: aioredis.Redis, timeout_s: float = READ_TIMEOUT_S) -> StoreMemory:
+    """A store's memory use and ``maxmemory`` (``INFO memory``): with ``noeviction``, every
+    script fails once the use passes it, so admission control watches the two."""
+    async with asyncio.timeout(timeout_s):
+        memory = await client.info("memory")
+    return StoreMemory(int(memory["used_memory"]), int(memory["maxmemory"]))

@@ -175,11 +175,12 @@ def test_only_the_topics_own_overrides_are_kept_and_restored() -> None:
     assert retention.STALL_S < retention.RETENTION_MS / 1000 < retention.DOWN_S
 
 
-def test_stall_variant_changes_only_the_ingest_args() -> None:
-    config = retention.stalled_ingest_config()
-    [ingest] = [a for a in config["applications"] if a["name"] == "ingest"]
-    assert ingest["args"]["admission_kafka_max_stall_s"] == retention.STALL_S
-    assert all(a.get("args") in ({}, None) for a in config["applications"] if a is not ingest)
+def test_the_retention_round_leaves_ingest_as_deployed_and_refuses_from_the_broker() -> None:
+    """Admission reads the shortened retention from Kafka: no ingest variant is deployed,
+    and the refusal comes at the configured share of what the broker now keeps."""
+    assert not hasattr(retention, "stalled_ingest_config")
+    ratio = retention.settings.admission_broker_limit_ratio
+    assert retention.RETENTION_MS / 1000 * ratio == retention.STALL_S
 
 
 # --- hostile messages -----------------------------------------------------------------------
