@@ -31,7 +31,12 @@ RUN python uvlock.py bootstrap /tmp/uv \
  && /tmp/uv/bin/uv build --wheel --out-dir /tmp/dist --quiet \
  && /tmp/uv/bin/uv pip install --no-cache --python "$(command -v python)" --no-deps /tmp/dist/*.whl \
  && rm -rf /tmp/uv /tmp/dist /tmp/requirements.txt build *.egg-info \
- && cd / && python -c "import ray, serve_app.settings, serve_app.store, serve_app.pb.weather.v1.weather_pb2_grpc; assert ray.__version__ == '2.60.0', ray.__version__"
+ && cd / && python -c "import ray, serve_app.settings, serve_app.store, serve_app.pb.weather.v1.weather_pb2_grpc; assert ray.__version__ == '2.60.0', ray.__version__" \
+ && python -m serve_app.ingest.edge install
+
+# The last step above gives Ray's HAProxy template the Gateway's limits (EDGE_* in
+# ray-env.yaml): per-server maxconn, a queue timeout, a JSON 503 + Retry-After
+# (serve_app/ingest/edge.py; it fails the build if this Ray's template does not fit).
 
 # Run from a neutral directory so Ray imports the installed package, not the sources.
 WORKDIR /home/ray

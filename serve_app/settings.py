@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     concurrency_limit_floor: int = Field(default=32, ge=1)
     concurrency_limit_ceiling: int = Field(default=192, ge=1)
     concurrency_limit_tolerance: float = Field(default=2.0, ge=1.0)
+    # HAProxy's limits for the Gateway (docs/guarantees.md "Overload"), read by the HAProxy
+    # template of the Ray nodes (serve_app/ingest/edge.py) and so set in ray-env.yaml, not
+    # in args: requests on one replica at once, and how long one more waits in HAProxy's
+    # queue before HAProxy answers 503 + Retry-After. 0 and 0: Ray's template unchanged.
+    edge_server_maxconn: int = Field(default=0, ge=0)
+    edge_queue_timeout_ms: int = Field(default=0, ge=0)
+    edge_app: str = "ingest"  # the Serve application they apply to
 
     # Admission control (docs/guarantees.md): refuse new tweets (503) before a record not yet
     # counted could be deleted. From the brokers' own readings: a partition's (queue's)

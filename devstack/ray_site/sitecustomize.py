@@ -77,9 +77,18 @@ class AdjustOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def adjust_haproxy_templates(module: ModuleType) -> None:
+    """Loopback binds, and the edge's limits as the image has them (its Dockerfile appends
+    the same adjustment to Ray's module: serve_app/ingest/edge.py)."""
+    bind_haproxy_templates_to_loopback(module)
+    from serve_app.ingest.edge import adjust_module
+
+    adjust_module(vars(module))
+
+
 ADJUSTMENTS = {
     "grpc.aio._server": bind_grpc_servers_to_loopback,
-    "ray.serve._private.haproxy_templates": bind_haproxy_templates_to_loopback,
+    "ray.serve._private.haproxy_templates": adjust_haproxy_templates,
 }
 
 if __name__ == "sitecustomize":  # at interpreter start-up; not when a test imports it

@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-connections", type=int, default=8, help="WebSockets (stream)")
     p.add_argument("--stream-in-flight", type=int, default=8, help="frames per WebSocket")
     p.add_argument("--max-rate", type=float, default=None, help="overload: max req/s, else rest")
+    p.add_argument(
+        "--benthos-max-rate", type=float, default=None,
+        help="benthos_overload: Benthos's max req/s, else the benthos median",
+    )  # fmt: skip
     p.add_argument("--overload-factor", type=float, default=2.0)
     p.add_argument("--overload-duration", type=float, default=60.0)
     p.add_argument("--overload-tail", type=float, default=15.0, help="s at half the max after")

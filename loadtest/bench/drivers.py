@@ -6,6 +6,7 @@ one more function here."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import multiprocessing as mp
@@ -255,57 +256,82 @@ def overload(
     args: argparse.Namespace, rate: float, tail_rate: float, normal_p99_ms: float | None
 ) -> Load:
     """Open loop at ``rate`` req/s for ``--overload-duration`` s, then ``tail_rate`` for
-    ``--overload-tail`` s (how fast latency recovers); RSS of every stack process before
-    and after; each phase summarized apart."""
-    high, tail = args.overload_duration, args.overload_tail
-    phases = [(rate, high), (tail_rate, tail)]
+    ``--overload-tail`` s (how fast latency recovers) against the pipeline; every tweet
+    answered 202 is kept by id, to be looked for in both stores."""
     split = urlsplit(HTTP_BASE)
-    shares = args.overload_processes
+    target = OpenLoopTarget(split.hostname or "127.0.0.1", split.port or 80, "/input")
 
     def run(tag: str) -> Figures:
-        stack = procs.stack_processes()
-        before = procs.sample(stack)
-        started = time.time() + CHILD_START_DELAY_S
-        window = CpuWindow(CHILD_START_DELAY_S, high)
-        kws = [
-            {"host": split.hostname, "port": split.port, "path": "/input", "phases": phases,
-             "share": i, "shares": shares, "start_at": started, "tag": f"{tag}-p{i}",
-             "timeout_s": 10.0, "max_connections": args.overload_connections // shares,
-             "keep_ids": True}
-            for i in range(shares)
-        ]  # fmt: skip
-        outs = in_children(openloop.child, kws, CHILD_START_DELAY_S + high + tail + 60)
-        after = procs.sample(procs.stack_processes())
-        records = [r for out in outs for r in out["records"]]
-        hot = openloop.summarize(openloop.window(records, 0, high), high)
-        cool = openloop.summarize(openloop.window(records, high, high + tail), tail)
-        normal = normal_p99_ms or percentile(
-            sorted(r[2] for r in openloop.window(records, high + tail - 5, high + tail)
-                   if r[3] == 202), 99)  # fmt: skip
-        cpu = sum(out["cpu_s"] for out in outs)
-        return {
-            **_common(started, high + tail, cpu, window),
-            "requests": hot["sent"] + cool["sent"],
-            "accepted": hot["accepted_n"] + cool["accepted_n"],
-            "non_202": hot["refused_503"] + cool["refused_503"] + hot["other_status"],
-            "socket_errors": hot["failed"] + cool["failed"],
-            "p50_ms": hot["p50_ms"],
-            "p99_ms": hot["p99_ms"],
-            "target_rate_req_s": rate,
-            "overload": hot,
-            "after_drop": cool,
-            "retry_after_503": sum(out["retry_after"] for out in outs),
-            "normal_p99_ms": normal,
-            "recovered_s": openloop.recovered_after(records, high, 2 * normal) if normal else None,
-            "rss_before_mib": procs.rss_mib(before),
-            "rss_after_mib": procs.rss_mib(after),
-            "rss_largest_before_mib": procs.rss_mib(before, largest=True),
-            "rss_largest_after_mib": procs.rss_mib(after, largest=True),
-            "loadgen": f"open loop x{shares} proc, <= {args.overload_connections} conn",
-            ACCEPTED_IDS: [i for out in outs for i in out["accepted_ids"]],
-        }
+        return open_loop_overload(args, target, rate, tail_rate, normal_p99_ms, tag)
 
-    return Load(run, high + tail, CHILD_START_DELAY_S)
+    return Load(run, args.overload_duration + args.overload_tail, CHILD_START_DELAY_S)
+
+
+@dataclass(frozen=True)
+class OpenLoopTarget:
+    host: str
+    port: int
+    path: str
+    keep_ids: bool = True
+
+
+def open_loop_overload(
+    args: argparse.Namespace,
+    target: OpenLoopTarget,
+    rate: float,
+    tail_rate: float,
+    normal_p99_ms: float | None,
+    tag: str,
+) -> Figures:
+    """One open-loop overload run against ``target``: RSS of every stack process before
+    and after; each phase summarized apart; recovery against ``normal_p99_ms`` (or, if
+    None, the p99 of the last 5 s of the tail, the target's own normal)."""
+    high, tail = args.overload_duration, args.overload_tail
+    phases = [(rate, high), (tail_rate, tail)]
+    shares = args.overload_processes
+    stack = procs.stack_processes()
+    before = procs.sample(stack)
+    started = time.time() + CHILD_START_DELAY_S
+    window = CpuWindow(CHILD_START_DELAY_S, high)
+    kws = [
+        {"host": target.host, "port": target.port, "path": target.path, "phases": phases,
+         "share": i, "shares": shares, "start_at": started, "tag": f"{tag}-p{i}",
+         "timeout_s": 10.0, "max_connections": args.overload_connections // shares,
+         "keep_ids": target.keep_ids}
+        for i in range(shares)
+    ]  # fmt: skip
+    outs = in_children(openloop.child, kws, CHILD_START_DELAY_S + high + tail + 60)
+    after = procs.sample(procs.stack_processes())
+    records = [r for out in outs for r in out["records"]]
+    hot = openloop.summarize(openloop.window(records, 0, high), high)
+    cool = openloop.summarize(openloop.window(records, high, high + tail), tail)
+    normal = normal_p99_ms or percentile(
+        sorted(r[2] for r in openloop.window(records, high + tail - 5, high + tail)
+               if r[3] == 202), 99)  # fmt: skip
+    cpu = sum(out["cpu_s"] for out in outs)
+    figures = {
+        **_common(started, high + tail, cpu, window),
+        "requests": hot["sent"] + cool["sent"],
+        "accepted": hot["accepted_n"] + cool["accepted_n"],
+        "non_202": hot["refused_503"] + cool["refused_503"] + hot["other_status"],
+        "socket_errors": hot["failed"] + cool["failed"],
+        "p50_ms": hot["p50_ms"],
+        "p99_ms": hot["p99_ms"],
+        "target_rate_req_s": rate,
+        "overload": hot,
+        "after_drop": cool,
+        "retry_after_503": sum(out["retry_after"] for out in outs),
+        "normal_p99_ms": normal,
+        "recovered_s": openloop.recovered_after(records, high, 2 * normal) if normal else None,
+        "rss_before_mib": procs.rss_mib(before),
+        "rss_after_mib": procs.rss_mib(after),
+        "rss_largest_before_mib": procs.rss_mib(before, largest=True),
+        "rss_largest_after_mib": procs.rss_mib(after, largest=True),
+        "loadgen": f"open loop x{shares} proc, <= {args.overload_connections} conn",
+    }
+    if target.keep_ids:
+        figures[ACCEPTED_IDS] = [i for out in outs for i in out["accepted_ids"]]
+    return figures
 
 
 # --- the Benthos anchor -----------------------------------------------------------------
@@ -329,3 +355,55 @@ def benthos(args: argparse.Namespace, scenario: Literal["single", "array100"]) -
         return {"started_at": started, **result.as_bench_run(), "window_usage": usage}
 
     return Load(run, args.duration)
+
+
+def benthos_overload(
+    args: argparse.Namespace, max_rate: float, rate: float, tail_rate: float
+) -> Load:
+    """The pipeline's overload run (:func:`open_loop_overload`, the same open-loop
+    generator, phases and summaries) against Benthos, started for the run; afterwards
+    every tweet it answered 202 is looked for in both of its brokers. Its "normal" p99 is
+    its own over the last 5 s at half its maximum (it has no half-rate run)."""
+
+    def run(tag: str) -> Figures:
+        return asyncio.run(_benthos_overload_run(args, max_rate, rate, tail_rate, tag))
+
+    return Load(run, args.overload_duration + args.overload_tail, CHILD_START_DELAY_S)
+
+
+async def _benthos_overload_run(
+    args: argparse.Namespace, max_rate: float, rate: float, tail_rate: float, tag: str
+) -> Figures:
+    from loadtest.benthos import process
+    from loadtest.benthos.run import default_max_in_flight, running_anchor
+
+    in_flight = default_max_in_flight(args.connections, 1)  # as the `benthos` anchor runs
+    async with running_anchor("overload", max_in_flight=in_flight) as anchor:
+        split = urlsplit(anchor.url)
+        target = OpenLoopTarget(split.hostname or "127.0.0.1", split.port or 80, split.path,
+                                keep_ids=False)  # fmt: skip
+        stack = procs.stack_processes()
+        usage = {"start": procs.sample(stack)}
+        cpu0 = process.cpu_seconds(anchor.pid)
+        out = await asyncio.to_thread(open_loop_overload, args, target, rate, tail_rate, None, tag)
+        benthos_cpu = process.cpu_seconds(anchor.pid) - cpu0
+        usage["end"] = procs.sample(stack)
+        counts = await anchor.counts(out["accepted"])
+    accepted = out["accepted"]
+    missing = max(0, accepted - counts.kafka) + max(0, accepted - counts.rabbitmq)
+    hot = out["overload"]
+    return {
+        **out,
+        "max_rate_req_s": max_rate,
+        "accepted_per_s": hot["accepted_per_s"],
+        "requests_per_s": hot["sent_per_s"],
+        "e2e_tweets_per_s": hot["accepted_per_s"] if missing == 0 else None,
+        "zero_loss": None,
+        "kafka_records": counts.kafka,
+        "rabbitmq_messages": counts.rabbitmq,
+        "anchor_missing": missing,
+        "verified": missing == 0,
+        "benthos_cpu_s": round(benthos_cpu, 2),
+        "cpu_ms_per_tweet": round(1000 * benthos_cpu / accepted, 4) if accepted else None,
+        "window_usage": usage,
+    }

@@ -56,6 +56,24 @@ def _overload(a: argparse.Namespace, results: Results) -> tuple[str, Load]:
     return title, drivers.overload(a, rate, top / 2, normal)
 
 
+def _benthos_overload(a: argparse.Namespace, results: Results) -> tuple[str, Load]:
+    """The overload run, same generator and phases, against Benthos at 2 x its own max."""
+    if a.benthos_max_rate:
+        top, how = a.benthos_max_rate, "--benthos-max-rate"
+    else:
+        top, how = median_of(results, "benthos", "accepted_per_s"), "the benthos median"
+        if not top:
+            raise RuntimeError("benthos_overload needs the benthos scenario first or "
+                               "--benthos-max-rate")  # fmt: skip
+    rate = a.overload_factor * top
+    title = (
+        f"Anchor: Benthos v4.27 overload, open loop at {rate:.0f} req/s "
+        f"({a.overload_factor:g} x {top:.0f}, {how}) for {a.overload_duration:g} s, then "
+        f"{top / 2:.0f} req/s for {a.overload_tail:g} s"
+    )
+    return title, drivers.benthos_overload(a, top, rate, top / 2)
+
+
 def _half_rate(a: argparse.Namespace, results: Results) -> tuple[str, Load]:
     """Paced at half the measured ``rest`` rate (or ``--half-rate``)."""
     measured = median_of(results, "rest", "e2e_tweets_per_s") or median_of(
@@ -159,6 +177,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         variant=lambda base, a: replica_variant(base, None, a.autoscale),
         autoscaling=True,
     ),
+    Scenario("benthos_overload", _benthos_overload, kind="anchor"),
     Scenario("overload", _overload),
 )
 

@@ -265,6 +265,51 @@ def test_overload_rows_that_fail() -> None:
     assert not memory["met"]
 
 
+def _benthos_overload_run() -> dict:
+    return {
+        "target_rate_req_s": 8000.0, "max_rate_req_s": 4000.0, "recovered_s": None,
+        "normal_p99_ms": 20.0, "retry_after_503": 0, "accepted": 18_000, "anchor_missing": 0,
+        "overload": {"sent_per_s": 7000.0, "accepted_per_s": 1200.0, "p99_ms": 2800.0,
+                     "p99_503_ms": None, "refused_503": 0},
+        "after_drop": {"refused_503": 0},
+    }  # fmt: skip
+
+
+def test_every_overload_target_has_benthos_beside_it_from_the_same_run() -> None:
+    """benthos_overload: the same rows, each with the anchor's figure against its own max
+    and its own normal p99; it refuses nothing, so the 503 rows say so."""
+    results = _results()
+    results["benthos_overload"] = _entry({}, [_benthos_overload_run()])
+    rows = {r["target"]: r for r in report.targets(results)}
+    overload = [r for r in report.targets(results) if r["target"].startswith("overload")]
+    assert overload and all("benthos" in r for r in overload)
+    assert rows[report.ACCEPTED_TARGET]["benthos"] == "1,200/s / 4,000/s = 0.30 (missed)"
+    assert rows[report.P99_TARGET]["benthos"].startswith("2,800 ms / 20 ms = 140.00 (missed)")
+    assert rows[report.P99_503_TARGET]["benthos"] == "no 503 answered (it never refuses)"
+    assert rows[report.RETRY_AFTER_TARGET]["benthos"] == "no 503 answered (it never refuses)"
+    assert rows[report.RECOVERY_TARGET]["benthos"].startswith("not normal again")
+    assert rows[report.GENERATOR_TARGET]["benthos"].endswith("= 0.88 (missed)")
+    assert "benthos" not in rows["REST arrays of 100 >= 25,000 tweets/s end to end"]
+    table = report.target_table(report.targets(results))
+    assert table[0].endswith("| Benthos, same run |")
+    assert any(line.startswith(f"| {report.ACCEPTED_TARGET} |") and line.endswith(
+        "| 1,200/s / 4,000/s = 0.30 (missed) |") for line in table)  # fmt: skip
+
+
+def test_benthos_overload_loss_and_the_table_without_it() -> None:
+    results = _results()
+    run = _benthos_overload_run()
+    run["anchor_missing"] = 3
+    results["benthos_overload"] = _entry({}, [run])
+    lost_run = results["overload"]["runs"][0]
+    lost_run.update(accepted=1000, redis_delta=1000, valkey_delta=1000)
+    lost_run.update(measure.accepted_by_id(lost_run, [True] * 1000, [True] * 1000))
+    rows = {r["target"]: r for r in report.targets(results)}
+    assert rows[report.LOST_TARGET]["benthos"] == "3 missing of 18,000 in Kafka + RabbitMQ"
+    plain = report.target_table(report.targets(_results()))
+    assert plain[0] == "| Target | Measured | Met |"
+
+
 def test_drain_rates_from_the_first_count_after_the_release() -> None:
     """Redis resumes at once; Valkey's consumer waits out a retry backoff first, which is
     its resume time, not drain time; a store that never gets there has no rate."""
