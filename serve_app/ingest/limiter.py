@@ -129,12 +129,12 @@ class GradientLimiter:
             self._no_load_s, self._no_load_at = None, now
         if self._no_load_s is None or mean_s < self._no_load_s:
             self._no_load_s = mean_s
+        if self._peak_in_flight < self._limit / 2:
+            return  # the load never came near the limit: its latency says nothing about it
         no_load = self._no_load_s
         gradient = max(0.5, min(1.0, cfg.tolerance * no_load / mean_s)) if mean_s > 0 else 1.0
         queue = math.sqrt(self._limit)
         target = self._limit * gradient + queue
-        if gradient >= 1.0 and self._peak_in_flight < self._limit / 2:
-            target = self._limit  # not limited by us: no evidence the limit could be higher
         smoothed = (1 - cfg.smoothing) * self._limit + cfg.smoothing * target
         before = self.limit
         self._limit = min(float(cfg.ceiling), max(float(cfg.floor), smoothed))
