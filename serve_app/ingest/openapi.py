@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from serve_app.ingest.core import IngestLimits
-from serve_app.model.schema import TweetIn
+from serve_app.model.schema import TweetInModel
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def _error(description: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def openapi_document(limits: IngestLimits) -> dict[str, Any]:
-    tweet_schema = TweetIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    tweet_schema = TweetInModel.model_json_schema(ref_template="#/components/schemas/{model}")
     ids = {"type": "array", "items": {"type": "string"}}
     return {
         "openapi": "3.1.0",

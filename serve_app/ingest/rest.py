@@ -29,12 +29,25 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serve_app.errors import PipelineError, PublishFailed, describe
-from serve_app.ingest.core import FaceMetrics, Ingest, IngestLimits, accept, distinct
+from serve_app.ingest.core import (
+    FaceMetrics,
+    Ingest,
+    IngestLimits,
+    accept,
+    distinct,
+    id_conflicts,
+)
 from serve_app.ingest.limiter import GradientLimiter
 from serve_app.ingest.openapi import openapi_document
 from serve_app.ingest.streams import StreamBudget
 from serve_app.model.metrics import OVERLOAD_REFUSED
-from serve_app.model.schema import Tweet, TweetIn, TweetValidationError
+from serve_app.model.schema import (
+    Tweet,
+    TweetIn,
+    TweetValidationError,
+    decode_tweets,
+    valid_id,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -158,6 +171,16 @@ def parse_tweets(
     ``max_json_depth``), so only a body refused anyway needs the depth walk (it cost a
     third of the parsing of an array of 100).
     """
+    fast = fast_tweets(body, idempotency_key, ingest)
+    if fast is not None:
+        return fast
+    return parse_tweets_carefully(body, idempotency_key, ingest)
+
+
+def parse_tweets_carefully(
+    body: bytes, idempotency_key: str | None, ingest: Ingest
+) -> tuple[list[TweetIn], bool]:
+    """:func:`parse_tweets` without its fast path: every rule, and every refusal named."""
     max_depth = ingest.limits.max_json_depth
     document = parse_json(body, max_depth)
     try:
@@ -165,6 +188,27 @@ def parse_tweets(
     except HTTPError:
         check_depth(document, max_depth)
         raise
+
+
+def fast_tweets(
+    body: bytes, idempotency_key: str | None, ingest: Ingest
+) -> tuple[list[TweetIn], bool] | None:
+    """:func:`parse_tweets` of a request it accepts, in one msgspec pass (a few µs a tweet);
+    None for any request it might refuse, which the careful path then decides and names."""
+    decoded = decode_tweets(body, ingest.rules)
+    if decoded is None:
+        return None
+    if isinstance(decoded, TweetIn):
+        if idempotency_key is not None:
+            if decoded.id not in (None, idempotency_key) or not valid_id(idempotency_key):
+                return None
+            decoded.id = idempotency_key
+        return [decoded], False
+    if idempotency_key is not None or not 1 <= len(decoded) <= ingest.limits.max_batch_tweets:
+        return None
+    if id_conflicts(decoded):
+        return None
+    return decoded, True
 
 
 def _tweets_of(

@@ -50,7 +50,7 @@ def _tweets(body: bytes) -> list[dict]:
     """The tweets of one broker message (a chunk of one country), as JSON objects."""
     decoded = decode_message(body)
     assert decoded.poison == []
-    return [json.loads(t.model_dump_json()) for t in decoded.tweets]
+    return [json.loads(t.to_json()) for t in decoded.tweets]
 
 
 class BrokerTap:

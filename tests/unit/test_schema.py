@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from serve_app.ingest.core import accept
 from serve_app.model.codec import decode_message
-from serve_app.model.schema import Tweet, TweetRules, TweetValidationError, validate_tweets
+from serve_app.model.schema import TweetModel, TweetRules, TweetValidationError, validate_tweets
 from tests.support.fakes import RULES
 
 SEED = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
@@ -87,5 +88,6 @@ def test_an_accepted_tweet_keeps_its_weather_whatever_the_rules_are_now() -> Non
     with pytest.raises(TweetValidationError):
         validate_tweets([SEED], fewer)
     [tweet] = accept(validate_tweets([SEED], RULES))
-    assert Tweet.model_validate(tweet.model_dump(), context=fewer.context) == tweet
+    again = TweetModel.model_validate(msgspec.to_builtins(tweet), context=fewer.context)
+    assert again.as_tweet() == tweet
     assert decode_message(tweet.to_json()).tweets == [tweet]
