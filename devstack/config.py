@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -127,13 +128,44 @@ def topology_settings(name: str | None = None) -> dict[str, str]:
     }
 
 
+FINGERPRINT_KEY_BYTES = 32
+
+
+def local_fingerprint_key() -> str:
+    """The local stack's ``fingerprint_key``: made once per checkout (random, like Ray's
+    token) in ``<state_dir>/secrets/fingerprint-key``, readable by its owner only, so no
+    tracked file holds it. Created atomically: every process reads the same key."""
+    path = stack_config.state_dir / "secrets" / "fingerprint-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        draft = path.with_name(f".fingerprint-key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(FINGERPRINT_KEY_BYTES))
+        try:
+            os.link(draft, path)  # fails if another process made it first: keep theirs
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+def local_secrets() -> dict[str, str]:
+    """Settings the local stack makes secret values for (unless the environment gives them)."""
+    if "FINGERPRINT_KEY" in {name.upper() for name in os.environ}:
+        return {}
+    return {"fingerprint_key": local_fingerprint_key()}
+
+
 @functools.cache
 def app_settings() -> Settings:
     """The application's settings as the tooling sees them (environment and defaults, and
     the replicated topology's member lists when it runs): the stack binds what the
     application connects to. Built on first use, never at import."""
     overrides = {k: v for k, v in topology_settings().items() if k not in os.environ}
-    return Settings(**{k.lower(): v for k, v in overrides.items()})  # type: ignore[arg-type]
+    members = {k.lower(): v for k, v in overrides.items()}
+    return Settings(**local_secrets(), **members)  # type: ignore[arg-type]
 
 
 def stack_env() -> dict[str, str]:

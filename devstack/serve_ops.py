@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from devstack import procs, ray_access
-from devstack.config import LOCALHOST, REPO, SERVE_CONFIG, stack_config
+from devstack.config import LOCALHOST, REPO, SERVE_CONFIG, app_settings, stack_config
 from devstack.errors import StackError
 from devstack.waits import poll
 
@@ -35,9 +35,15 @@ def local_config(nodes: int | None = None) -> Config:
     """serve_config.yaml as the local stack deploys it: Serve's HTTP and gRPC listen on
     127.0.0.1 (the file says 0.0.0.0, which a cluster needs), and with several nodes on
     one machine the proxies run on the head only (every node's would want the same ports).
-    Everything else is the file itself."""
+    The consumers get the stack's ``fingerprint_key`` as an argument (a secret: the file is
+    written for the owner only, and no tracked file holds it). Everything else is the file
+    itself."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"]["host"] = LOCALHOST
+    key = app_settings().fingerprint_key.get_secret_value()
+    for application in config["applications"]:
+        if application["name"] == "consumers":
+            application["args"] = {**(application.get("args") or {}), "fingerprint_key": key}
     if (nodes or stack_config.ray_nodes) > 1:
         config["proxy_location"] = "HeadOnly"
     return config
@@ -47,6 +53,8 @@ def write_config(config: Config, label: str) -> Path:
     """``config`` as a file ``serve deploy`` can take, kept next to the Ray log."""
     path = WORK_DIR / f"serve_config.{label}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # it holds the consumers' fingerprint_key
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -1,4 +1,5 @@
-"""The :class:`~serve_app.model.metrics.MetricsSink` of the Ray processes: ``ray.util.metrics``.
+"""The :class:`~serve_app.model.metrics.MetricsSink` of the Ray processes: ``ray.util.metrics``;
+and Ray's check of its cluster token, for what only its holders may see.
 
 Ray exports them on each node's metrics endpoint (``MetricsExportPort`` of ``ray.nodes()``),
 which Prometheus scrapes; names and tags come from :mod:`serve_app.model.metrics`.
@@ -10,6 +11,7 @@ import functools
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from serve_app.model.exposure import TokenCheck
 from serve_app.model.metrics import ALL, Metric
 
 
@@ -55,3 +57,14 @@ class RayMetrics:
 def ray_metrics() -> RayMetrics:
     """The process's sink: every replica or actor in a worker process shares it."""
     return RayMetrics()
+
+
+def ray_token_check() -> TokenCheck | None:
+    """Ray's own check of an ``Authorization: Bearer`` header against the cluster's token
+    (what the Ray dashboard and CLI use: ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``), or
+    None when the cluster runs without token authentication."""
+    from ray._private.authentication import authentication_utils
+
+    if not authentication_utils.is_token_auth_enabled():
+        return None
+    return authentication_utils.validate_request_token

@@ -30,6 +30,7 @@ from serve_app.model.schema import TweetRules
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 TLS_FILE_SUFFIXES = ("_ssl_cafile", "_ssl_certfile", "_ssl_keyfile")
+MIN_FINGERPRINT_KEY_CHARS = 32
 
 
 def tls_context(
@@ -199,6 +200,11 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=100, ge=1)  # messages (chunks) per batch
     latest_tweets_length: int = Field(default=100, ge=1)
     seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
+    # The key of the content fingerprint that decides an id conflict (an HMAC: a client
+    # cannot compute it, so it cannot choose content that wins an id). Every consumer of both
+    # stores needs the same one; consumers refuse to start without it. A secret: make up
+    # writes one into .devstack, Kubernetes takes it from the weather-credentials Secret.
+    fingerprint_key: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _combinations_work(self) -> Self:
@@ -283,6 +289,18 @@ class Settings(BaseSettings):
     def sentinels(self, store: str) -> list[tuple[str, int]]:
         """The Sentinels of ``store`` (redis, valkey); empty when it is reached directly."""
         return host_ports(getattr(self, f"{store}_sentinels"))
+
+    def content_key(self) -> bytes:
+        """``fingerprint_key`` as the consumers use it; a :class:`ConfigError` naming the
+        setting when it is missing or too short to be a secret."""
+        key = self.fingerprint_key.get_secret_value()
+        if len(key) < MIN_FINGERPRINT_KEY_CHARS:
+            raise ConfigError(
+                f"fingerprint_key must be at least {MIN_FINGERPRINT_KEY_CHARS} characters (set "
+                "FINGERPRINT_KEY to a random secret, the same for every consumer: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return key.encode()
 
     def fingerprint(self) -> str:
         """Every setting as JSON with each password replaced by its SHA-256: what a

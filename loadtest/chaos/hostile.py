@@ -38,20 +38,21 @@ def chunk(*items: Any) -> bytes:
     return json.dumps({"v": 2, "tweets": list(items)}, ensure_ascii=True).encode()
 
 
-def colliding(tweet: dict[str, str], smaller: bool) -> dict[str, str]:
+def colliding(tweet: dict[str, str], smaller: bool, key: bytes) -> dict[str, str]:
     """A valid tweet with ``tweet``'s id, country and weather but another description whose
     fingerprint is ``smaller`` (it wins the id) or larger (it loses) than ``tweet``'s, so the
-    breakdowns do not move whichever wins; one conflict, one dead letter per store."""
-    target = fingerprint(tweet["description"], tweet["country"], tweet["weather"])
+    breakdowns do not move whichever wins; one conflict, one dead letter per store. Only
+    who holds the consumers' ``key`` can choose (this round does: it runs the stack)."""
+    target = fingerprint(key, tweet["description"], tweet["country"], tweet["weather"])
     for i in range(MAX_TRIES):  # each try succeeds with probability ~1/2
         description = f"hostile collision {i}"
-        fp = fingerprint(description, tweet["country"], tweet["weather"])
+        fp = fingerprint(key, description, tweet["country"], tweet["weather"])
         if (fp < target) == smaller and fp != target:
             return {**tweet, "description": description}
     raise AssertionError("no colliding description found")  # pragma: no cover
 
 
-def hostile_bodies(victims: list[dict[str, str]]) -> dict[str, bytes]:
+def hostile_bodies(victims: list[dict[str, str]], key: bytes) -> dict[str, bytes]:
     """Every hostile body by name; each yields exactly one dead letter."""
     now = datetime.now(UTC).isoformat()
     base = {
@@ -71,7 +72,7 @@ def hostile_bodies(victims: list[dict[str, str]]) -> dict[str, bytes]:
         "unknown_version": json.dumps({"v": 99, "tweets": []}).encode(),
     }
     for victim, smaller in zip(victims, (True, False), strict=True):
-        collider = {**colliding(victim, smaller), "accepted_at": now}
+        collider = {**colliding(victim, smaller, key), "accepted_at": now}
         bodies[f"collision_{'wins' if smaller else 'loses'}"] = chunk(collider)
     return bodies
 
@@ -171,7 +172,7 @@ async def dead_letter_reasons(since: dict[int, int]) -> tuple[list[str | None], 
 
 async def hostile_messages(ctx: Context) -> None:
     """Publish every hostile body to both brokers (with hostile headers/properties)."""
-    bodies = hostile_bodies(ctx.notes["victims"])
+    bodies = hostile_bodies(ctx.notes["victims"], settings.content_key())
     _, since = await dead_letter_reasons({})
     await publish_kafka([(body, kafka_headers()) for body in bodies.values()])
     await publish_rabbitmq([amqp_message(body) for body in bodies.values()])

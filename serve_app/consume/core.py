@@ -84,6 +84,9 @@ T = TypeVar("T")
 class TweetRecorder(Protocol):
     """What a consumer needs of its store (``serve_app.store.client.TweetStore``)."""
 
+    fingerprint_key: bytes
+    """The key of the tweets' fingerprints, the same for both stores' consumers."""
+
     async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult: ...
 
     async def park(self, entries: Sequence[str]) -> None: ...
@@ -157,7 +160,7 @@ class ConsumerCore(Generic[Origin]):
         for delivery in deliveries:
             decoded = decode_message(delivery.body)
             for tweet in decoded.tweets:
-                counted.append(CountedTweet.of(tweet))
+                counted.append(CountedTweet.of(tweet, self.store.fingerprint_key))
                 sources.append((tweet, delivery))
             poison.extend(
                 DeadLetter(p.body, p.reason, delivery.origin, p.id) for p in decoded.poison

@@ -78,6 +78,7 @@ class ConsumerSupervisor:
         self.superseded = False
         self.replacements: list[dict[str, Any]] = []
         validate_consumer_counts(self.settings)
+        self.settings.content_key()  # no consumer starts without the fingerprint key
         self._specs = actor_specs(self.settings)
         self._actors: dict[str, Any] = {}
         for name in surplus_actor_names({name for name, _ in self._specs}):

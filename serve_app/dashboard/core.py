@@ -31,6 +31,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serve_app.model.exposure import TokenCheck, may_see_ids, without_ids
 from serve_app.model.health import failed
 from serve_app.model.metrics import BACKLOG, DEAD_LETTERS, NO_METRICS, MetricsSink
 
@@ -286,10 +287,19 @@ def build_dashboard_app(
     *,
     sample_in_background: bool = True,
     events_per_stream: int = EVENTS_PER_STREAM,
+    ids_check: TokenCheck | None = None,
 ) -> Starlette:
     """``GET /`` page, ``/static`` and ``/vendor/plotly`` assets, ``GET /api/snapshot``,
     ``GET /api/events``. With ``sample_in_background`` the app's lifespan runs the core's
-    sampling loop (tests sample by hand instead); shutdown closes the monitor's clients."""
+    sampling loop (tests sample by hand instead); shutdown closes the monitor's clients.
+    Snapshots show the latest tweets' ids only to whom :func:`may_see_ids` admits."""
+
+    def shown(request: Request) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """What this caller sees of a snapshot: all of it, or the latest tweets' ids hidden."""
+        client = request.client.host if request.client else None
+        if may_see_ids(client, request.headers, ids_check):
+            return lambda snap: snap
+        return lambda snap: {**snap, "stores": without_ids(snap["stores"])}
 
     async def page(request: Request) -> Response:
         return FileResponse(str(STATIC_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
@@ -297,9 +307,11 @@ def build_dashboard_app(
     async def snapshot(request: Request) -> Response:
         if core.sequence == 0:
             await core.sample()
-        return JSONResponse(core.snapshot(), headers={"Cache-Control": "no-store"})
+        return JSONResponse(shown(request)(core.snapshot()), headers={"Cache-Control": "no-store"})
 
     async def events(request: Request) -> Response:
+        view = shown(request)
+
         async def stream() -> AsyncIterator[ServerSentEvent]:
             seen = core.sequence - 1 if core.sequence else 0
             for _ in range(events_per_stream):
@@ -308,7 +320,8 @@ def build_dashboard_app(
                 except TimeoutError:
                     yield ServerSentEvent(comment="no new sample")
                     continue
-                yield ServerSentEvent(data=json.dumps(snap), id=str(seen), retry=STREAM_RETRY_MS)
+                data = json.dumps(view(snap))
+                yield ServerSentEvent(data=data, id=str(seen), retry=STREAM_RETRY_MS)
 
         return EventSourceResponse(stream(), ping=15, send_timeout=10)
 

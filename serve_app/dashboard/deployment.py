@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from serve_app.dashboard.core import DashboardCore, build_dashboard_app
 from serve_app.dashboard.sources import build_core_from_settings
-from serve_app.runtime import ray_metrics
+from serve_app.runtime import ray_metrics, ray_token_check
 from serve_app.settings import Settings
 
 REPLICAS_MAX_AGE_S = 5.0
@@ -78,4 +78,4 @@ class Dashboard:
         )
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_dashboard_app(self.core)
+        return build_dashboard_app(self.core, ids_check=ray_token_check())

@@ -45,7 +45,7 @@ from serve_app.model.codec import Chunk
 from serve_app.model.metrics import CONCURRENCY_LIMIT, POLLER_RESTARTS, MetricsSink
 from serve_app.model.schema import Tweet
 from serve_app.pb.weather.v1 import weather_pb2
-from serve_app.runtime import ray_metrics
+from serve_app.runtime import ray_metrics, ray_token_check
 from serve_app.settings import Settings
 from serve_app.store.client import both_stores, read_memory, read_side_by_side
 
@@ -172,6 +172,7 @@ class Gateway:
             self.publish,
             lambda latest: read_side_by_side(self._stores, latest),
             extra_routes=[Route("/", to_dashboard, methods=["GET"]), *docs_routes("/openapi.json")],
+            ids_check=ray_token_check(),
             background=lambda: supervise(
                 self._watch_backlogs,
                 self.ingest.admission.poller,

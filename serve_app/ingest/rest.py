@@ -40,6 +40,7 @@ from serve_app.ingest.core import (
 from serve_app.ingest.limiter import GradientLimiter
 from serve_app.ingest.openapi import openapi_document
 from serve_app.ingest.streams import StreamBudget
+from serve_app.model.exposure import TokenCheck, may_see_ids, without_ids
 from serve_app.model.metrics import OVERLOAD_REFUSED
 from serve_app.model.schema import (
     Tweet,
@@ -428,6 +429,7 @@ def build_rest_app(
     read_stats: ReadStats,
     extra_routes: Sequence[BaseRoute] = (),
     background: Background | None = None,
+    ids_check: TokenCheck | None = None,
     concurrency: GradientLimiter | None = None,
 ) -> Starlette:
     """The REST face. ``publish`` owns the deadline (the Gateway's coalesced write);
@@ -495,6 +497,9 @@ def build_rest_app(
         if not (digits and int(raw_latest) <= MAX_LATEST):
             raise HTTPError(400, f"latest must be a whole number 0-{MAX_LATEST}")
         stats, complete = await read_stats(int(raw_latest))
+        client = request.client.host if request.client else None
+        if not may_see_ids(client, request.headers, ids_check):
+            stats = without_ids(stats)  # an id is what a takeover needs (model/exposure.py)
         return JSONResponse(stats, status_code=200 if complete else 503)
 
     async def get_openapi(request: Request) -> Response:

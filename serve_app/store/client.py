@@ -30,18 +30,21 @@ from serve_app.store.core import (
 )
 
 # One atomic round trip per part of a batch (MAX_TWEETS_PER_SCRIPT tweets, passed as one
-# JSON array of [id, fingerprint, country, weather, body]). For each tweet not seen before
-# (SET NX with a TTL, the value its marker: content fingerprint, country, weather), bump
-# every counter and push it on the capped latest list; the counters are summed per field and
-# the list gets only what it keeps, so a part costs one SET per tweet plus one HINCRBY per
-# field it touches. An id seen before with the same content (a redelivery, a client's retry)
-# changes nothing. With other content it is a conflict, won by the smaller fingerprint
-# whatever the order (so both stores keep the same tweet): a loser arriving later is refused
-# (never counted); a winner arriving later takes the id over, moving the counts from the old
-# content to its own (the old tweet is then the loser). Each loser is returned so the
-# consumer dead-letters it, and counted once in tweets:conflicts (its own marker, so a
-# redelivered conflict is not counted again). Markers of older releases hold '1' (same
-# content assumed) or a bare fingerprint (no dimensions to move: first wins).
+# JSON array of [id, fingerprint, country, weather, body, legacy fingerprint]). For each
+# tweet not seen before (SET NX with a TTL, the value its marker: content fingerprint,
+# country, weather), bump every counter and push it on the capped latest list; the counters
+# are summed per field and the list gets only what it keeps, so a part costs one SET per
+# tweet plus one HINCRBY per field it touches. An id seen before with the same content (a
+# redelivery, a client's retry) changes nothing. With other content it is a conflict, won by
+# the smaller fingerprint (keyed: no client can compute it) whatever the order (so both
+# stores keep the same tweet): a loser arriving later is refused (never counted); a winner
+# arriving later takes the id over, moving the counts from the old content to its own (the
+# old tweet is then the loser). Each loser is returned so the consumer dead-letters it, and
+# counted once in tweets:conflicts (its own marker, so a redelivered conflict is not counted
+# again). Markers of older releases hold '1' (same content assumed), a bare fingerprint (no
+# dimensions to move: first wins) or the unkeyed fingerprint: the same content is then a
+# duplicate (the legacy column), other content never beats it (keyed ones sort above,
+# store/core.py KEYED_MARK).
 _RECORD_BATCH_LUA = """
 local ttl = tonumber(ARGV[1])
 local latest_len = tonumber(ARGV[2])
@@ -71,7 +74,7 @@ for i, tweet in ipairs(cjson.decode(ARGV[5])) do
   else
     local seen = redis.call('GET', key)
     local seen_fp = seen and string.sub(seen, 1, 16)
-    if seen == false or seen == '1' or seen_fp == fp then
+    if seen == false or seen == '1' or seen_fp == fp or seen_fp == tweet[6] then
       duplicates = duplicates + 1
     elseif fp < seen_fp and string.len(seen) > 17 then
       bump(string.sub(seen, 18, 19), string.sub(seen, 21), -1)
@@ -314,6 +317,8 @@ class TweetStore:
         self._skip = client.register_script(_RECORD_SKIPPED_LUA)
         self._ttl = settings.seen_id_ttl_s
         self._latest_len = settings.latest_tweets_length
+        # the key of the tweets' fingerprints (consumers check it at start: content_key)
+        self.fingerprint_key = settings.fingerprint_key.get_secret_value().encode()
         self.durable = DurableWait.of(settings)
 
     async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
@@ -334,7 +339,8 @@ class TweetStore:
     ) -> RecordResult:
         # the tweets as one JSON argument (the script decodes it with cjson): redis-py packs
         # each argument in Python, which for five per tweet was most of a consumer's time;
-        # a CountedTweet is a tuple, i.e. one [id, fingerprint, country, weather, body] row
+        # a CountedTweet is a tuple, i.e. one [id, fingerprint, country, weather, body,
+        # legacy] row
         packed = json.dumps(list(tweets), ensure_ascii=False, separators=(",", ":"))
         args = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix, packed]
         keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,

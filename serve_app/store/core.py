@@ -8,6 +8,7 @@ No client in here: :mod:`serve_app.store.client` writes and reads through these 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -53,36 +54,57 @@ class StoreKeys:
 KEYS = StoreKeys()
 
 
-def fingerprint(description: str, country: str, weather: str) -> str:
+FINGERPRINT_CHARS = 16
+KEYED_MARK = "k"
+"""The first character of a keyed fingerprint. Unkeyed ones (older releases) are lowercase
+hex, which sorts below it: a tweet can never take an id over from a marker an older release
+wrote, and that marker expires within ``seen_id_ttl_s`` (docs/guarantees.md)."""
+
+
+def _content(description: str, country: str, weather: str) -> bytes:
     """What makes two tweets with one id the same tweet (not when it was accepted: a retry
     after a 503 is accepted again, later)."""
-    content = "\x1f".join((description, country, weather)).encode("utf-8")
-    return hashlib.blake2b(content, digest_size=8).hexdigest()
+    return "\x1f".join((description, country, weather)).encode("utf-8")
+
+
+def fingerprint(key: bytes, description: str, country: str, weather: str) -> str:
+    """The content's HMAC-SHA-256 under the consumers' ``fingerprint_key``: the smaller one
+    wins an id conflict, and only who holds the key can compute it, so a client cannot
+    choose content that wins (it wins by chance, one time in two)."""
+    digest = hmac.new(key, _content(description, country, weather), hashlib.sha256)
+    return KEYED_MARK + digest.hexdigest()[: FINGERPRINT_CHARS - len(KEYED_MARK)]
+
+
+def legacy_fingerprint(description: str, country: str, weather: str) -> str:
+    """The unkeyed fingerprint older releases wrote into markers (they live 48 h): sent
+    along so a redelivery of a tweet they counted stays a duplicate, never a conflict."""
+    return hashlib.blake2b(_content(description, country, weather), digest_size=8).hexdigest()
 
 
 class CountedTweet(NamedTuple):
-    """What the store needs of a tweet: id, content fingerprint, the two dimensions, and its
-    JSON for 'latest'. A tuple, because it is also the row the store script takes (one
-    JSON array per tweet): a consumer builds one per tweet it counts."""
+    """What the store needs of a tweet: id, keyed content fingerprint, the two dimensions,
+    its JSON for 'latest', and the unkeyed fingerprint older releases used. A tuple, because
+    it is also the row the store script takes (one JSON array per tweet): a consumer builds
+    one per tweet it counts."""
 
     id: str
     fingerprint: str
     country: str
     weather: str
     body: str
+    legacy: str = ""
 
     @classmethod
-    def of(cls, tweet: Tweet) -> CountedTweet:
+    def of(cls, tweet: Tweet, key: bytes) -> CountedTweet:
+        content = (tweet.description, tweet.country, tweet.weather)
         return cls(
             tweet.id,
-            fingerprint(tweet.description, tweet.country, tweet.weather),
+            fingerprint(key, *content),
             tweet.country,
             tweet.weather,
             tweet.to_json().decode(),
+            legacy_fingerprint(*content),
         )
-
-
-FINGERPRINT_CHARS = 16
 
 
 def marker(tweet: CountedTweet) -> str:
@@ -93,7 +115,8 @@ def marker(tweet: CountedTweet) -> str:
 
 def wins(fingerprint: str, counted: str) -> bool:
     """The deterministic winner of two tweets with one id: the smaller fingerprint, so every
-    store keeps the same one whatever order it sees them in."""
+    store keeps the same one whatever order it sees them in. A keyed fingerprint never beats
+    an unkeyed one (:data:`KEYED_MARK`): a marker an older release wrote keeps its id."""
     return fingerprint < counted
 
 

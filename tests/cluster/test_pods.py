@@ -37,6 +37,7 @@ from devstack.cluster import build
 from devstack.cluster.control_plane import ControlPlane
 from devstack.cluster.external import PORTS, External
 from devstack.cluster.node import NODE_IP, Node
+from devstack.config import app_settings
 from kuberay import render as serve_render
 from serve_app.settings import Settings
 
@@ -97,6 +98,8 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
         "RABBITMQ_PASSWORD": settings.rabbitmq_password.get_secret_value(),
         "REDIS_PASSWORD": settings.redis_password.get_secret_value(),
         "VALKEY_PASSWORD": settings.valkey_password.get_secret_value(),
+        # the pods' consumers share the stores with the local ones: one key for all
+        "FINGERPRINT_KEY": settings.fingerprint_key.get_secret_value(),
         "auth_token": uuid.uuid4().hex + uuid.uuid4().hex,
     }
     (work / "external" / "secrets.env").write_text(
@@ -193,7 +196,7 @@ def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     node = Node(log=print)
     plane = node.control_plane()
     real = RealCluster(plane, node, External(node))
-    settings = Settings()
+    settings = app_settings()  # the local stack's, fingerprint_key included
     try:
         started = time.monotonic()
         plane.up()

@@ -19,7 +19,7 @@ settings = app_settings()
 def counted(tweet_id: str, text: str, country: str = "AQ") -> CountedTweet:
     tweet = Tweet(id=tweet_id, description=text, country=country, weather="Soleado",
                   accepted_at=datetime.now(UTC))  # fmt: skip
-    return CountedTweet.of(tweet)
+    return CountedTweet.of(tweet, settings.content_key())
 
 
 def ordered(tweet_id: str) -> tuple[CountedTweet, CountedTweet]:

@@ -185,19 +185,20 @@ def test_the_retention_round_leaves_ingest_as_deployed_and_refuses_from_the_brok
 
 # --- hostile messages -----------------------------------------------------------------------
 VICTIM = {"id": "v-1", "description": "hace sol", "country": "ES", "weather": "sunny"}
+KEY = b"a key of the consumers, 32 bytes"
 
 
 @pytest.mark.parametrize("smaller", [True, False])
 def test_a_collision_wins_or_loses_as_asked_without_moving_breakdowns(smaller: bool) -> None:
-    collider = hostile.colliding(VICTIM, smaller)
+    collider = hostile.colliding(VICTIM, smaller, KEY)
     assert (collider["id"], collider["country"], collider["weather"]) == ("v-1", "ES", "sunny")
-    fp = fingerprint(collider["description"], "ES", "sunny")
-    assert wins(fp, fingerprint("hace sol", "ES", "sunny")) is smaller
+    fp = fingerprint(KEY, collider["description"], "ES", "sunny")
+    assert wins(fp, fingerprint(KEY, "hace sol", "ES", "sunny")) is smaller
 
 
 def test_every_hostile_body_is_exactly_one_poison_or_a_valid_collision() -> None:
     victims = [VICTIM, {**VICTIM, "id": "v-2"}]
-    bodies = hostile.hostile_bodies(victims)
+    bodies = hostile.hostile_bodies(victims, KEY)
     for name, body in bodies.items():
         decoded = decode_message(body)
         if name.startswith("collision"):

@@ -44,9 +44,15 @@ def tweet(i: int, text: str = "lluvia", country: str = "GT") -> Tweet:
                  accepted_at=NOW)  # fmt: skip
 
 
+KEY = b"the consumers' fingerprint key.."
+
+
 class FakeStore:
     """The store script's rules in Python: an id counts once; of two contents for one id
-    the smaller fingerprint wins (moving the counts); the parked list; skipped ranges."""
+    the smaller fingerprint wins (moving the counts), a marker of the same content under its
+    unkeyed fingerprint is a duplicate; the parked list; skipped ranges."""
+
+    fingerprint_key = KEY
 
     def __init__(self, failures: int = 0) -> None:
         self.seen: dict[str, str] = {}
@@ -71,7 +77,7 @@ class FakeStore:
                 self.seen[t.id], counted_at[t.id] = marker(t), n
                 self._bump(t.country, 1)
                 new += 1
-            elif seen[:16] == t.fingerprint:
+            elif seen[:16] in (t.fingerprint, t.legacy):
                 duplicates += 1
             elif wins(t.fingerprint, seen[:16]):
                 old = Displaced.of(n, t.id, seen)
@@ -219,7 +225,7 @@ async def test_redeliveries_are_duplicates_and_the_later_loser_is_the_conflict()
     store = FakeStore()
     consumer, dead, _ = core(store)
     a, b = tweet(2, text="sol"), tweet(2, text="otra cosa")
-    loser = max((a, b), key=lambda t: CountedTweet.of(t).fingerprint)
+    loser = max((a, b), key=lambda t: CountedTweet.of(t, KEY).fingerprint)
     winner = a if loser is b else b
     await consumer.handle([chunk([tweet(1), winner], "first")])
     again = await consumer.handle([chunk([tweet(1), loser], "second")])
@@ -248,8 +254,8 @@ async def test_both_orders_of_a_conflict_keep_the_same_winner() -> None:
 def test_a_displaced_tweet_is_dead_lettered_as_the_store_knew_it() -> None:
     old = tweet(3, text="nieve", country="SV")
     new = tweet(3, text="sol", country="GT")
-    counted = [CountedTweet.of(new)]
-    seen = marker(CountedTweet.of(old))
+    counted = [CountedTweet.of(new, KEY)]
+    seen = marker(CountedTweet.of(old, KEY))
     result = RecordResult(0, 0, (), (Displaced.of(0, "t-3", seen),))
     [letter] = conflict_letters(result, counted, [(new, Delivery(b"", "m9"))])
     body = json.loads(letter.body)
@@ -259,7 +265,7 @@ def test_a_displaced_tweet_is_dead_lettered_as_the_store_knew_it() -> None:
 
 def test_a_loser_redelivered_within_one_batch_is_dead_lettered_once() -> None:
     t = tweet(4)
-    counted = [CountedTweet.of(t)] * 2
+    counted = [CountedTweet.of(t, KEY)] * 2
     result = RecordResult(0, 0, (0, 1), ())
     delivery = Delivery(b"", "m")
     assert len(conflict_letters(result, counted, [(t, delivery), (t, delivery)])) == 1
@@ -464,7 +470,7 @@ async def test_a_batch_written_in_parts_has_the_result_of_one_script(part_size: 
     def contents(i: int) -> list[CountedTweet]:
         # ids 0..4 reused: same content (duplicates) and other content (conflicts)
         text = ["lluvia", "sol", "granizo"][i % 3]
-        return [CountedTweet.of(tweet(i % 5, text, ["GT", "HN"][i % 2]))]
+        return [CountedTweet.of(tweet(i % 5, text, ["GT", "HN"][i % 2]), KEY)]
 
     earlier = [t for i in range(3) for t in contents(i * 7)]
     batch = [t for i in range(20) for t in contents(i)]

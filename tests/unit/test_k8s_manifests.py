@@ -339,7 +339,7 @@ def test_ray_containers_env(kuberay, rayservice):
         assert not unknown, f"{container['name']}: settings does not read {sorted(unknown)}"
         for needed in ("KAFKA_BOOTSTRAP_SERVERS", "RABBITMQ_HOST", "REDIS_HOST", "VALKEY_HOST"):
             assert needed in env, f"{container['name']}: {needed} unset"
-        for secret in ("RABBITMQ_PASSWORD", "REDIS_PASSWORD", "VALKEY_PASSWORD"):
+        for secret in ("RABBITMQ_PASSWORD", "REDIS_PASSWORD", "VALKEY_PASSWORD", "FINGERPRINT_KEY"):
             assert secret in env and env[secret] is None, f"{secret} must come from a Secret"
     head = _ray_containers(rayservice)[0]
     head_env = _container_env(head, config_maps)

@@ -16,7 +16,8 @@ JSON = {"content-type": "application/json"}
 
 
 async def _stats(latest: int) -> tuple[dict[str, Any], bool]:
-    return {"redis": {"total": 1, "latest": latest}, "valkey": {"error": "down"}}, False
+    tweets = [{"id": f"t-{i}", "country": "GT"} for i in range(latest)]
+    return {"redis": {"total": 1, "latest": tweets}, "valkey": {"error": "down"}}, False
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def test_health_stats_and_openapi(api) -> None:
     unhealthy = client.get("/health")
     assert unhealthy.status_code == 503 and unhealthy.json()["rabbitmq"]["ok"] is False
     stats = client.get("/stats?latest=3")
-    assert stats.status_code == 503 and stats.json()["redis"]["latest"] == 3
+    assert stats.status_code == 503 and len(stats.json()["redis"]["latest"]) == 3
     assert client.get("/stats?latest=-1").status_code == 400
     too_many = client.get("/stats?latest=1001")
     assert too_many.json()["error"] == "latest must be a whole number 0-1000"
