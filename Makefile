@@ -59,8 +59,11 @@ jars: $(STAMP)  ## Fetch Kafka's jars (checked against their published hashes)
 
 # --- stack ---------------------------------------------------------------------------
 # NODES=3: a head and two worker Ray nodes on this machine (after `make down`).
-up: install  ## Start the local stack: Kafka, RabbitMQ, Redis, Valkey, Ray Serve (NODES=3 for 3 Ray nodes)
-	$(if $(NODES),DEVSTACK_RAY_NODES=$(NODES)) $(DEVSTACK) up
+# TOPOLOGY=replicated: 3 Kafka brokers, 3 RabbitMQ nodes, Redis and Valkey each a primary,
+# a replica and 3 Sentinels (after `make down`; docs/local-stack.md). Default: single.
+up: install  ## Start the local stack: Kafka, RabbitMQ, Redis, Valkey, Ray Serve (NODES=3, TOPOLOGY=replicated)
+	$(if $(NODES),DEVSTACK_RAY_NODES=$(NODES)) DEVSTACK_TOPOLOGY=$(or $(TOPOLOGY),single) \
+		$(DEVSTACK) up
 	@$(DEVSTACK) endpoints
 
 down:  ## Stop the local stack, by pid

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devstack.config import topology
 from devstack.waits import apoll
 from loadtest import retrying
-from loadtest.chaos import disk, hostile, network, processes, retention
+from loadtest.chaos import disk, hostile, network, processes, replicated, retention
 from loadtest.chaos.core import (
     DRAIN_TIMEOUT_S,
     FAULT_AT_S,
@@ -77,6 +78,25 @@ ROUNDS: dict[str, Round] = {
     "kafka_outage_poison": Round(processes.kafka_outage_poison, refusals_expected=True),
     "consumers_setting": Round(processes.consumers_setting, load_s=60.0),
 }
+REPLICATED: dict[str, Round] = {
+    "kafka_broker_wipe": Round(replicated.kafka_broker_wipe),
+    "rabbitmq_leader_wipe": Round(replicated.rabbitmq_leader_wipe, load_s=60.0),
+    "redis_primary_wipe": Round(replicated.redis_primary_wipe),
+    "valkey_primary_wipe": Round(replicated.valkey_primary_wipe),
+    "broker_then_store": Round(replicated.broker_then_store, load_s=60.0),
+}
+"""Losses of a machine: only on the replicated topology (`make up TOPOLOGY=replicated`)."""
+ROUNDS.update(REPLICATED)
+
+
+def default_rounds() -> list[str]:
+    """The rounds of the topology the stack runs: a lost machine needs the replicated one,
+    which the single-copy rounds (`kafka_kill` of the server "kafka"...) do not know."""
+    if topology() == "replicated":
+        return list(REPLICATED)
+    return [name for name in ROUNDS if name not in REPLICATED]
+
+
 QUICK = ("redis_kill", "valkey_kill", "kafka_stop", "redis_partition", "valkey_partition")
 """The cheapest rounds: the subset `make test` runs."""
 
@@ -277,7 +297,7 @@ async def _cancellable(work: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", default=",".join(ROUNDS))
+    parser.add_argument("--rounds", default=",".join(default_rounds()))
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.rounds.split(",") if n.strip()]
