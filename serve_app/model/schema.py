@@ -62,7 +62,6 @@ _COUNTRY_OF: dict[str, str] = {
     for spelling in (code, code.lower(), code[0] + code[1].lower(), code[0].lower() + code[1])
 }
 """Every ASCII spelling of a code (``gt``, ``Gt``, ``gT``, ``GT``) to the code itself."""
-_ID = re.compile(rf"[\x21-\x7e]{{1,{ID_MAX_CHARS}}}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -102,19 +101,21 @@ class TweetIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Tweet(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A tweet the pipeline has taken in: it always has an id and an acceptance time. The
-    constraints apply when it is decoded from a broker message (shape only: no weather
-    check, the rules applied at ingest and an accepted tweet keeps its weather whatever
-    they are now); building one in code trusts the values, except the country code."""
+    rules apply when it is decoded from a broker message (shape only: no weather check, the
+    rules applied at ingest and an accepted tweet keeps its weather whatever they are now);
+    built in code, its values are trusted but for the id's characters and the country."""
 
-    id: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=ID_MAX_CHARS, pattern=r"^[\x21-\x7e]+\Z")
-    ]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_CHARS)]
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=DESCRIPTION_MAX_CHARS)]
-    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}\Z")]
+    country: str
     weather: Annotated[str, msgspec.Meta(min_length=1, max_length=WEATHER_MAX_CHARS)]
     accepted_at: datetime
 
     def __post_init__(self) -> None:
+        """The id's characters and the country code, by str methods and one dict lookup
+        (a ``Meta`` pattern runs Python's re per field: it tripled the consumers' decoding)."""
+        if not _printable_ascii(self.id):
+            raise ValueError(f"id must be printable ASCII without spaces, got {self.id!r}")
         code = _COUNTRY_OF.get(self.country)
         if code is None:
             raise ValueError(f"'{self.country}' is not an ISO 3166-1 alpha-2 country code")
@@ -126,11 +127,16 @@ class Tweet(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return _ENCODER.encode(self)
 
 
+def _printable_ascii(value: str) -> bool:
+    """Whether ``value`` is made of ``\\x21``-``\\x7e`` only (what an id may hold)."""
+    return value.isascii() and value.isprintable() and " " not in value
+
+
 _ENCODER = msgspec.json.Encoder()
 
 
 def valid_id(value: str | None) -> bool:
-    return value is None or _ID.fullmatch(value) is not None
+    return value is None or (0 < len(value) <= ID_MAX_CHARS and _printable_ascii(value))
 
 
 def _checked(tweet: TweetIn, rules: TweetRules) -> TweetIn | None:
