@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from devstack import config, serve_ops
@@ -224,3 +225,10 @@ def test_only_the_deployed_consumers_get_the_key_and_no_tracked_file_holds_it() 
     deployed = serve_ops.local_config()["applications"]
     assert [a["name"] for a in deployed if key in str(a.get("args"))] == ["consumers"]
     assert key not in config.SERVE_CONFIG.read_text() and key not in config.RAY_ENV.read_text()
+
+
+def test_serve_never_logs_the_consumers_arguments() -> None:
+    """Serve logs an application's ``args`` at INFO when it imports it; the local stack's key
+    is one of them, so Serve's log level stays above INFO."""
+    logging_config = yaml.safe_load(config.SERVE_CONFIG.read_text())["logging_config"]
+    assert logging_config["log_level"] in ("WARNING", "ERROR", "CRITICAL")
