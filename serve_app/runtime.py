@@ -13,6 +13,7 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 from serve_app.model.exposure import TokenCheck
 from serve_app.model.metrics import ALL, Metric
+from serve_app.model.metrics_buffer import BufferedMetrics
 
 
 class RayMetrics:
@@ -54,9 +55,11 @@ class RayMetrics:
 
 
 @functools.cache
-def ray_metrics() -> RayMetrics:
-    """The process's sink: every replica or actor in a worker process shares it."""
-    return RayMetrics()
+def ray_metrics() -> BufferedMetrics:
+    """The process's sink: every replica or actor in a worker process shares it; counters
+    are summed in the process and handed to Ray once a second
+    (:mod:`serve_app.model.metrics_buffer`)."""
+    return BufferedMetrics(RayMetrics())
 
 
 def ray_token_check() -> TokenCheck | None:
