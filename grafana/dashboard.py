@@ -130,10 +130,10 @@ def _only_fields(*names: str) -> models.DataTransformerConfig:
 def _counter(
     store: Store, title: str, key: str, description: str, span: int, command: str = "GET"
 ) -> stat.Panel:
-    """A number read from the store: ``GET`` a string key, or ``LLEN`` / ``HGETALL``."""
+    """A number read from the store: ``GET`` a string key, or ``HLEN`` / ``HGETALL``."""
     target = (
         Redis.cli(store, command, key)
-        if command == "LLEN"
+        if command in ("LLEN", "HLEN")
         else Redis.command(store, command.lower(), key)
     )
     return (
@@ -173,16 +173,17 @@ def _conflicts(store: Store) -> stat.Panel:
 
 
 def _unsettled(store: Store) -> list[stat.Panel]:
-    """What is normally 0: dead letters parked in the store, broker records skipped."""
+    """What is normally 0: dead letters not yet confirmed, broker records skipped."""
     return [
         _counter(
             store,
             f"Parked dead letters in {store.title}",
-            KEYS.parked_dead_letters,
-            f"dead letters the {store.source} dead-letter broker could not take (alarm, "
-            "outage), kept here and published again in the background; 0 normally.",
+            KEYS.dead_letter_outbox,
+            f"dead letters in the store's outbox the {store.source} dead-letter broker has not "
+            "confirmed yet (published as fast as it takes them; it is down, full or has no "
+            "queue bound while this stays above 0); 0 normally.",
             2,
-            command="LLEN",
+            command="HLEN",
         ),
         _counter(
             store,
@@ -352,7 +353,7 @@ def _pipeline_panels() -> list[timeseries.Panel]:
         _gauge_panel("Consumer backlog (Kafka lag, RabbitMQ ready)", metrics.BACKLOG, ("broker",)),
         _gauge_panel("Dead letters per broker", metrics.DEAD_LETTERS, ("broker",)),
         _gauge_panel(
-            "Dead letters parked in the stores (broker could not take them)",
+            "Dead letters parked in the stores (not yet confirmed by the broker)",
             metrics.PARKED_DEAD_LETTERS,
             ("consumer",),
         ),

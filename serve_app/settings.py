@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = "weather-tweets"
     kafka_dead_letter_topic: str = "weather-tweets-dlq"
+    # how long the dead-letter topic keeps a letter (set when the app creates the topic, or
+    # alters an existing one): 7 days, so a weekend does not cost a letter
+    kafka_dead_letter_retention_ms: int = Field(default=604_800_000, ge=3_600_000)
     kafka_partitions: int = Field(default=4, ge=1)
     kafka_consumer_group: str = "weather-redis-counter"
     # replication of the topics the app creates (1 for one broker; 3 and 2 on a managed
@@ -109,6 +112,12 @@ class Settings(BaseSettings):
     # RabbitMQ's management HTTP API: admission reads the tweet queue's bytes and limits there
     # (AMQP tells only a message count); the app's user needs the monitoring tag
     rabbitmq_management_url: str = "http://127.0.0.1:15672"
+    # Bounds of the dead-letter queue (declared with x-overflow reject-publish: a full queue
+    # refuses the publish, the letter stays in the store's outbox, visible): a quarter of
+    # the local stack's 2 GiB RabbitMQ volume at most, so letters can never raise a disk
+    # alarm that would block every publish.
+    rabbitmq_dead_letter_max_bytes: int = Field(default=268_435_456, ge=1_048_576)
+    rabbitmq_dead_letter_max_length: int = Field(default=200_000, ge=1)
 
     # Stores: Kafka drains into Redis, RabbitMQ into Valkey
     redis_host: str = "127.0.0.1"
@@ -198,6 +207,8 @@ class Settings(BaseSettings):
     kafka_consumers: int = Field(default=1, ge=0)
     rabbit_consumers: int = Field(default=1, ge=0)
     consumer_batch_size: int = Field(default=100, ge=1)  # messages (chunks) per batch
+    # dead letters of the store's outbox published in one send (confirmed together)
+    dead_letter_drain_batch: int = Field(default=500, ge=1, le=10_000)
     latest_tweets_length: int = Field(default=100, ge=1)
     seen_id_ttl_s: int = Field(default=172_800, ge=86_400)
     # The key of the content fingerprint that decides an id conflict (an HMAC: a client

@@ -17,7 +17,15 @@ from typing import Any
 from devstack.config import topology
 from devstack.waits import apoll
 from loadtest import retrying
-from loadtest.chaos import disk, hostile, network, processes, replicated, retention
+from loadtest.chaos import (
+    dead_letters,
+    disk,
+    hostile,
+    network,
+    processes,
+    replicated,
+    retention,
+)
 from loadtest.chaos.core import (
     DRAIN_TIMEOUT_S,
     FAULT_AT_S,
@@ -76,6 +84,9 @@ ROUNDS: dict[str, Round] = {
         hostile.hostile_messages, setup=hostile.victims, after=hostile.every_hostile_has_a_reason
     ),
     "kafka_outage_poison": Round(processes.kafka_outage_poison, refusals_expected=True),
+    "dead_letter_sink_outage": Round(
+        dead_letters.dead_letter_sink_outage, setup=dead_letters.sinks_mended_afterwards
+    ),
     "consumers_setting": Round(processes.consumers_setting, load_s=60.0),
 }
 REPLICATED: dict[str, Round] = {
@@ -209,6 +220,7 @@ async def run_round(name: str) -> dict[str, Any]:
     around = spec.setup(ctx) if spec.setup else contextlib.nullcontext()
     async with around:  # type: ignore[attr-defined]
         await quiesce()
+        await dead_letters.none_parked()  # letters of earlier work would count in this round
         before, dead_before = await snapshot()
         watch = GrowthWatch()
         watching = asyncio.create_task(watch.run(time.monotonic() + spec.load_s + 2))

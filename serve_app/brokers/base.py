@@ -142,9 +142,13 @@ class Envelope:
 
 class DeadLetterSink(Protocol[Origin]):
     """A broker's dead letters: ``envelope`` flattens a letter (pure, never raises);
-    ``send`` publishes envelopes, confirmed, within the sink's own deadline."""
+    ``identity`` names the message it came from the same on every redelivery ("" when the
+    broker gives none); ``send`` publishes envelopes, confirmed (a letter the broker did not
+    route or refused is a failure), within the sink's own deadline."""
 
     def envelope(self, letter: DeadLetter[Origin]) -> Envelope: ...
+
+    def identity(self, origin: Origin) -> str: ...
 
     async def send(self, envelopes: Sequence[Envelope]) -> None: ...
 

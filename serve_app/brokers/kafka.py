@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
@@ -43,7 +44,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
-from serve_app.errors import ConfigError, ConnectFailed, connect_reason
+from serve_app.errors import ConfigError, ConnectFailed, connect_reason, describe
 from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
@@ -58,6 +59,7 @@ from serve_app.settings import Settings
 ORIGINAL_TOPIC_HEADER = "x-original-topic"
 ORIGINAL_PARTITION_HEADER = "x-original-partition"
 ORIGINAL_OFFSET_HEADER = "x-original-offset"
+logger = logging.getLogger(__name__)
 TOPIC_RESOURCE = ConfigResourceType.TOPIC
 MAX_FETCH_ROUNDS = 100
 """Fetches of 100 ms at most that :func:`records_at` waits for its records."""
@@ -126,7 +128,9 @@ async def connect_refusal(settings: Settings) -> str | None:
 
 async def ensure_kafka_topics(settings: Settings) -> None:
     """Create the tweet and dead-letter topics if absent (as the seed's writers did), with
-    the configured replication; a topic that exists is left as it is."""
+    the configured replication, the dead-letter topic keeping letters
+    ``kafka_dead_letter_retention_ms``; of a topic that exists only the dead-letter topic's
+    retention is raised to that (:func:`keep_dead_letters`)."""
     admin = AIOKafkaAdminClient(**kafka_connection(settings), request_timeout_ms=10_000)
     await start_kafka_client(settings, admin.start, admin.close)
     try:
@@ -140,7 +144,7 @@ async def ensure_kafka_topics(settings: Settings) -> None:
                 name,
                 num_partitions=partitions,
                 replication_factor=settings.kafka_replication_factor,
-                topic_configs={"min.insync.replicas": str(settings.kafka_min_insync_replicas)},
+                topic_configs=topic_configs(settings, name),
             )
             for name, partitions in wanted.items()
             if name not in existing
@@ -150,8 +154,64 @@ async def ensure_kafka_topics(settings: Settings) -> None:
                 refused = topic_refusals(await admin.create_topics(missing))
                 if refused:
                     raise ConfigError(f"kafka refused to create {'; '.join(refused)}")
+        if settings.kafka_dead_letter_topic in existing:
+            await keep_dead_letters(admin, settings)
     finally:
         await admin.close()
+
+
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """The settings a topic the app creates gets: its in-sync minimum and, for the
+    dead-letter topic, its own retention (not the broker's, often a day)."""
+    configs = {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
+    if topic == settings.kafka_dead_letter_topic:
+        configs["retention.ms"] = str(settings.kafka_dead_letter_retention_ms)
+    return configs
+
+
+DYNAMIC_TOPIC_CONFIG = 1
+"""DescribeConfigs' source of a setting made on the topic itself."""
+
+
+def topic_overrides(response: Any) -> dict[str, str]:
+    """The settings made on the topic itself, from one DescribeConfigs answer."""
+    [(error_code, message, _, name, entries)] = response.resources
+    if error_code:
+        raise for_code(error_code)(f"DescribeConfigs {name}: {message}")
+    return {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and e[1] is not None}
+
+
+def retention_short(overrides: Mapping[str, str], effective: Mapping[str, str], want: int) -> bool:
+    """Whether the topic deletes letters sooner than ``want`` ms (-1: never deletes)."""
+    current = int(overrides.get("retention.ms", effective.get("retention.ms", "-1")))
+    return 0 <= current < want
+
+
+async def keep_dead_letters(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Raise an existing dead-letter topic's retention to ``kafka_dead_letter_retention_ms``
+    (a topic of an earlier release inherits the broker's). AlterConfigs replaces all of a
+    topic's own settings, so the ones it has are sent along. A broker that refuses (no
+    ALTER_CONFIGS right on a managed cluster) is reported in the log, not fatal."""
+    topic = settings.kafka_dead_letter_topic
+    want = settings.kafka_dead_letter_retention_ms
+    try:
+        [described] = await admin.describe_configs([ConfigResource(TOPIC_RESOURCE, topic)])
+        overrides = topic_overrides(described)
+        if not retention_short(overrides, config_values(described), want):
+            return
+        changed = {**overrides, "retention.ms": str(want)}
+        responses = await admin.alter_configs([ConfigResource(TOPIC_RESOURCE, topic, changed)])
+        for response in responses:
+            for code, message, *_ in response.resources:
+                if code:
+                    raise for_code(code)(message)
+        logger.info("raised the retention of Kafka topic %s to %d ms", topic, want)
+    except Exception as exc:
+        logger.warning(
+            "the Kafka dead-letter topic %s keeps letters less than %d ms and could not be "
+            "altered (%s): set its retention.ms (docs/operations.md)",
+            topic, want, describe(exc),
+        )  # fmt: skip
 
 
 def topic_refusals(response: Any) -> list[str]:
@@ -300,6 +360,10 @@ class KafkaDeadLetters:
         self.producers = producers
         self.topic = settings.kafka_dead_letter_topic
         self.timeout_s = settings.publish_timeout_s
+
+    def identity(self, origin: Record) -> str:
+        """A record's place: the same on every redelivery."""
+        return f"{origin.topic}/{origin.partition}/{origin.offset}"
 
     def envelope(self, letter: DeadLetter[Record]) -> Envelope:
         record = letter.origin

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ from serve_app.settings import Settings, tls_context
 
 Message = AbstractIncomingMessage
 """What a RabbitMQ delivery's ``origin`` is."""
+
+logger = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 0.05
 """How long a consumer's batch waits to fill up after its first delivery."""
@@ -168,9 +171,7 @@ async def declare_rabbit_topology(
     dead_letters = await channel.declare_exchange(
         settings.rabbitmq_dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dlq = await channel.declare_queue(
-        settings.rabbitmq_dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dlq = await _dead_letter_queue(channel, settings)
     await dlq.bind(dead_letters)
     exchange = await channel.declare_exchange(
         settings.rabbitmq_exchange, aio_pika.ExchangeType.FANOUT, durable=True
@@ -178,6 +179,39 @@ async def declare_rabbit_topology(
     queue = await _tweet_queue(channel, settings)
     await queue.bind(exchange)
     return exchange, queue
+
+
+def dead_letter_queue_arguments(settings: Settings) -> dict[str, object]:
+    """A quorum queue bounded in bytes and letters that refuses a publish once full (the
+    publish is nacked, the letter stays in the store's outbox, visible), so dead letters
+    can never fill the broker's disk and block every publisher with a disk alarm."""
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length-bytes": settings.rabbitmq_dead_letter_max_bytes,
+        "x-max-length": settings.rabbitmq_dead_letter_max_length,
+        "x-overflow": "reject-publish",
+    }
+
+
+async def _dead_letter_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """The bounded dead-letter queue. One an earlier release declared unbounded cannot be
+    redeclared (queue arguments never change): it is used as it is and a warning names the
+    policy that bounds it in place (docs/operations.md)."""
+    name = settings.rabbitmq_dead_letter_queue
+    with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
+        return await channel.declare_queue(
+            name, durable=True, arguments=dead_letter_queue_arguments(settings)
+        )
+    logger.warning(
+        "RabbitMQ queue %s exists without the dead-letter bounds (an earlier release made "
+        "it): bound it with a policy, e.g. rabbitmqctl set_policy weather-dead-letters "
+        "'^%s$' '{\"max-length-bytes\":%d,\"max-length\":%d,\"overflow\":\"reject-publish\"}' "
+        "--apply-to queues",
+        name, name, settings.rabbitmq_dead_letter_max_bytes,
+        settings.rabbitmq_dead_letter_max_length,
+    )  # fmt: skip
+    await channel.reopen()
+    return await channel.declare_queue(name, passive=True)
 
 
 async def _tweet_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
@@ -282,8 +316,13 @@ class RabbitDeadLetters:
                 lambda channel: channel.get_exchange(self.settings.rabbitmq_dead_letter_exchange),
                 timeout=self.settings.publish_timeout_s,
                 publisher_confirms=True,
+                on_return_raises=True,
             )
         return self._exchange
+
+    def identity(self, origin: Message) -> str:
+        """The publisher's message id, the one thing a redelivery keeps ("" without)."""
+        return origin.message_id or ""
 
     def envelope(self, letter: DeadLetter[Message]) -> Envelope:
         """The original headers (as bounded text), id and reason; nothing taken from the
@@ -296,13 +335,17 @@ class RabbitDeadLetters:
         )
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
-        """Publish and wait for every confirmation; a failure drops the connection, so the
-        next send starts afresh (a channel closed by the broker, e.g. a missing exchange,
-        would otherwise fail every later send)."""
+        """Publish ``mandatory`` and wait for every confirmation: a letter no queue took
+        (a missing binding: returned) or the full dead-letter queue refused (nacked) is a
+        failure, so it stays in the outbox. A failure drops the connection, so the next
+        send starts afresh (a channel closed by the broker, e.g. a missing exchange, would
+        otherwise fail every later send)."""
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 exchange = await self._exchange_ready()
-                await asyncio.gather(*(exchange.publish(amqp_message(e), "") for e in envelopes))
+                await asyncio.gather(
+                    *(exchange.publish(amqp_message(e), "", mandatory=True) for e in envelopes)
+                )
         except BaseException:
             self._drop()
             raise

@@ -20,7 +20,13 @@ import ray
 import serve_app
 from serve_app.brokers.kafka import open_kafka_source
 from serve_app.brokers.rabbitmq import open_rabbit_source
-from serve_app.consume.core import ConsumerLoop, OpenSource, actor_version, code_version
+from serve_app.consume.core import (
+    DRAIN_LEASE_S,
+    ConsumerLoop,
+    OpenSource,
+    actor_version,
+    code_version,
+)
 from serve_app.errors import ConfigError
 from serve_app.runtime import ray_metrics
 from serve_app.settings import Settings
@@ -93,6 +99,8 @@ class _ConsumerActor:
             node_id=ray.get_runtime_context().get_node_id(),
             config_version=actor_version(settings, code, CODE_VERSION),
             store_name=self.store_name,
+            drain_batch=settings.dead_letter_drain_batch,
+            drain_lease_s=max(DRAIN_LEASE_S, 4 * settings.publish_timeout_s),
         )
         self.loop.ensure_task()
 

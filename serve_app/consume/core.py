@@ -11,16 +11,18 @@ counted twice.
 A failing store write is retried with capped backoff for as long as it takes, holding the
 batch (the store is what a 202 promises): consumption pauses, nothing is committed.
 
-Dead-lettering never holds good tweets back. The good tweets are applied first; the dead
-letters then get :data:`DEAD_LETTER_ATTEMPTS` bounded attempts (each within the sink's own
-deadline). Past that (a RabbitMQ alarm, a Kafka outage), they are **parked** in the
-consumer's own store (``tweets:dead_letters:parked``, as :class:`Envelope` JSON: a store a
-broker alarm does not block) and the batch is acked; later dead letters are parked too,
-keeping their order, until a background task (every :data:`PARKED_CHECK_S`) has published
-every parked one. Parked letters show in ``/consumers`` (``parked_dead_letters``), in
-``GET /stats``, in a metric and in ``make verify``. A sink flattens a letter into an
-:class:`Envelope` (bounded, valid UTF-8 text only), so nothing taken from a message can make
-the publish itself fail.
+Dead letters exactly once, and never holding good tweets back: a letter becomes part of the
+store before its message is let go, in the **outbox** (store/core.py): the loser of an id
+conflict in the same script that decides it, poison in a write of its own before the
+commit or ack, each under a deterministic letter id written at most once (so a retried or
+redelivered batch adds nothing). :class:`OutboxDrain`, a background task of the consumer
+holding the store's drainer lease, publishes the oldest letters and removes them only once
+the broker confirmed them; it loops while it makes progress (up to ``drain_batch`` letters a
+send) and backs off only after a failure, so the outbox drains as fast as the sink takes it
+and a new letter never waits behind a "parking mode". Letters not yet confirmed show in
+``/consumers`` (``parked_dead_letters``), in ``GET /stats``, in a metric and in ``make
+verify``. A sink flattens a letter into an :class:`Envelope` (bounded, valid UTF-8 text
+only), so nothing taken from a message can make the publish itself fail.
 
 Skipped records (the broker deleted what the group had not read, e.g. Kafka retention
 during a long store outage) are never silent: the source reports each range, the loop
@@ -44,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from serve_app.brokers.base import DeadLetter, DeadLetterSink, Delivery, Envelope, Skipped
+from serve_app.brokers.base import (
+    DeadLetter,
+    DeadLetterSink,
+    Delivery,
+    Envelope,
+    Skipped,
+    safe_text,
+)
 from serve_app.consume.freshness import Freshness, newest_accepted_at
 from serve_app.errors import describe
 from serve_app.model.codec import decode_message
@@ -57,7 +66,7 @@ from serve_app.model.metrics import (
 )
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
-from serve_app.store.core import CountedTweet, RecordResult
+from serve_app.store.core import CountedTweet, Displaced, LetterOrigins, OutboxLetter, RecordResult
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +76,17 @@ REASON_LIMIT = 1000
 ID_CONFLICT = "id-conflict"
 """The dead-letter reason of the loser of two tweets with one id and other content."""
 
-DEAD_LETTER_ATTEMPTS = 2
-"""Attempts to publish a batch's dead letters before they are parked in the store."""
-PARKED_CHECK_S = 2.0
-"""How often parked dead letters are tried again."""
-PARKED_BATCH = 100
-"""Parked dead letters published per attempt."""
+DRAIN_BATCH = 500
+"""Most outbox letters published in one send."""
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
+"""Most bytes of outbox entries published in one send (letters may be up to 768 KiB)."""
+DRAIN_IDLE_S = 2.0
+"""How often an empty outbox is looked at again (letters another consumer or an older
+release wrote; this consumer's own letters wake the drain at once)."""
+DRAIN_LEASE_S = 30.0
+"""How long the drainer lease lasts unless renewed (longer than one send may take)."""
+DRAIN_BACKOFF_START_S = 0.1
+DRAIN_BACKOFF_MAX_S = 2.0
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -87,13 +101,17 @@ class TweetRecorder(Protocol):
     fingerprint_key: bytes
     """The key of the tweets' fingerprints, the same for both stores' consumers."""
 
-    async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult: ...
+    async def record_batch(
+        self, tweets: Sequence[CountedTweet], origins: LetterOrigins = ...
+    ) -> RecordResult: ...
 
-    async def park(self, entries: Sequence[str]) -> None: ...
+    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int: ...
 
-    async def parked(self, limit: int) -> list[str]: ...
+    async def outbox(self, limit: int) -> list[OutboxLetter]: ...
 
-    async def unpark(self, entries: Sequence[str]) -> int: ...
+    async def remove_letters(self, ids: Sequence[str]) -> int: ...
+
+    async def claim_drainer(self, owner: str, lease_s: float) -> bool: ...
 
     async def record_skipped(self, source: str, first: int, last: int) -> bool: ...
 
@@ -105,7 +123,6 @@ class BatchOutcome:
     duplicates: int
     poison: int
     conflicts: int
-    parked: int = 0
     newest_accepted_at: float | None = None
     """Acceptance time (epoch seconds) of the newest tweet the batch counted."""
 
@@ -151,55 +168,45 @@ class ConsumerCore(Generic[Origin]):
         self.dead_letters = dead_letters
         self.on_retry = on_retry
         self.backoff = backoff or Backoff()
-        self.parking = False
 
     async def handle(self, deliveries: Sequence[Delivery[Origin]]) -> BatchOutcome:
+        """Count the batch and put its dead letters in the outbox (both retried until done,
+        holding the batch): once this returns, the batch may be committed or acked."""
         counted: list[CountedTweet] = []
-        sources: list[tuple[Tweet, Delivery[Origin]]] = []
-        poison: list[DeadLetter[Origin]] = []
+        tweets: list[Tweet] = []
+        templates: list[str] = []
+        of_tweet: list[int] = []
+        poison: list[OutboxLetter] = []
         for delivery in deliveries:
             decoded = decode_message(delivery.body)
+            if decoded.tweets:
+                templates.append(self._template(delivery.origin))
             for tweet in decoded.tweets:
                 counted.append(CountedTweet.of(tweet, self.store.fingerprint_key))
-                sources.append((tweet, delivery))
+                tweets.append(tweet)
+                of_tweet.append(len(templates) - 1)
             poison.extend(
-                DeadLetter(p.body, p.reason, delivery.origin, p.id) for p in decoded.poison
+                self._poison_letter(
+                    delivery, n, DeadLetter(p.body, p.reason, delivery.origin, p.id)
+                )
+                for n, p in enumerate(decoded.poison)
             )
-        result = await self._until_done(lambda: self.store.record_batch(counted), "store write")
-        losers = conflict_letters(result, counted, sources)
-        parked = await self.dead_letter(poison + losers)
+        origins = LetterOrigins(tuple(templates), tuple(of_tweet))
+        result = await self._until_done(
+            lambda: self.store.record_batch(counted, origins), "store write"
+        )
+        if poison:
+            await self._until_done(
+                lambda: self.store.put_poison(poison), "putting poison in the dead-letter outbox"
+            )
         return BatchOutcome(
             messages=len(deliveries),
             applied=result.new,
             duplicates=result.duplicates,
             poison=len(poison),
             conflicts=result.conflicts,
-            parked=parked,
-            newest_accepted_at=newest_accepted_at([t for t, _ in sources], set(result.refused)),
+            newest_accepted_at=newest_accepted_at(tweets, set(result.refused)),
         )
-
-    async def dead_letter(self, letters: Sequence[DeadLetter[Origin]]) -> int:
-        """Publish the dead letters within a bounded number of attempts, else park them in
-        the store (retried like a store write). Returns how many were parked."""
-        if not letters:
-            return 0
-        envelopes = [self._envelope(letter) for letter in letters]
-        if not self.parking:
-            self.backoff.reset()
-            for attempt in range(1, DEAD_LETTER_ATTEMPTS + 1):
-                try:
-                    await self.dead_letters.send(envelopes)
-                    return 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    await self.on_retry(exc, f"dead-letter write (attempt {attempt})")
-                    if attempt < DEAD_LETTER_ATTEMPTS:
-                        await self.backoff.sleep()
-            self.parking = True
-        entries = [e.to_json() for e in envelopes]
-        await self._until_done(lambda: self.store.park(entries), "parking dead letters")
-        return len(entries)
 
     def _envelope(self, letter: DeadLetter[Origin]) -> Envelope:
         """The sink's envelope; should a sink ever fail on a letter, one without origin."""
@@ -208,18 +215,23 @@ class ConsumerCore(Generic[Origin]):
         except Exception:
             return Envelope.of(letter.body, letter.reason, letter.id)
 
-    async def publish_parked(self, limit: int = PARKED_BATCH) -> int:
-        """Publish the oldest parked dead letters; returns how many are still parked.
-        Parking stops once none is left (raises if the dead-letter broker still fails)."""
-        entries = await self.store.parked(limit)
-        if not entries:
-            self.parking = False
-            return 0
-        await self.dead_letters.send([parked_envelope(e) for e in entries])
-        left = await self.store.unpark(entries)
-        if not left:
-            self.parking = False
-        return left
+    def _template(self, origin: Origin) -> str:
+        """The envelope (empty body) of a message whose tweets may lose an id conflict."""
+        return self._envelope(DeadLetter(b"", ID_CONFLICT, origin)).to_json()
+
+    def _poison_letter(
+        self, delivery: Delivery[Origin], index: int, letter: DeadLetter[Origin]
+    ) -> OutboxLetter:
+        """The ``index``-th poison of a message, under an id its redelivery has too: the
+        sink's identity of the message (a Kafka offset, an AMQP message id) and a hash of
+        its body."""
+        try:
+            identity = safe_text(self.dead_letters.identity(delivery.origin), 512)
+        except Exception:
+            identity = ""
+        digest = hashlib.blake2b(delivery.body, digest_size=8).hexdigest()
+        letter_id = f"poison:{identity}:{digest}:{index}"
+        return OutboxLetter(letter_id, self._envelope(letter).to_json())
 
     async def record_skipped(self, skipped: Sequence[Skipped]) -> None:
         """Count skipped ranges in the store before anything after them is committed."""
@@ -242,39 +254,114 @@ class ConsumerCore(Generic[Origin]):
                 await self.backoff.sleep()
 
 
-def conflict_letters(
-    result: RecordResult,
-    counted: Sequence[CountedTweet],
-    sources: Sequence[tuple[Tweet, Delivery[Origin]]],
-) -> list[DeadLetter[Origin]]:
-    """One ``id-conflict`` dead letter per losing (id, content) of the batch: a refused
-    tweet as it came, a displaced one as the store knew it (its description was never kept)."""
-    letters: dict[tuple[str, str], DeadLetter[Origin]] = {}
-    for index in result.refused:
-        tweet, delivery = sources[index]
-        key = (tweet.id, counted[index].fingerprint)
-        letters.setdefault(key, DeadLetter(tweet.to_json(), ID_CONFLICT, delivery.origin, tweet.id))
-    for old in result.displaced:
-        body = json.dumps(
-            {
-                "id": old.id,
-                "country": old.country,
-                "weather": old.weather,
-                "fingerprint": old.fingerprint,
-                "displaced_by": counted[old.by].fingerprint,
-            }
-        ).encode()
-        origin = sources[old.by][1].origin
-        letters.setdefault((old.id, old.fingerprint), DeadLetter(body, ID_CONFLICT, origin, old.id))
-    return list(letters.values())
-
-
-def parked_envelope(entry: str) -> Envelope:
-    """A parked entry back as an envelope (an unreadable entry is dead-lettered as it is)."""
+def outbox_envelope(entry: str) -> Envelope:
+    """An outbox entry (store/core.py) as the envelope to publish: an envelope as it was
+    written (poison, letters parked by older releases), or a conflict's loser on its
+    message's envelope: the tweet as it came, or as the store knew it (its description was
+    never kept). An unreadable entry is dead-lettered as it is."""
     try:
-        return Envelope.from_json(entry)
-    except (ValueError, KeyError, TypeError):
-        return Envelope.of(entry.encode("utf-8", "backslashreplace"), "unreadable parked entry")
+        data = json.loads(entry)
+        if "reason" in data:
+            return Envelope.from_json(entry)
+        origin = Envelope.from_json(data["o"]) if data.get("o") else Envelope(b"", ID_CONFLICT)
+        if "seen" in data:
+            body = displaced_body(Displaced.of(0, data["id"], data["seen"]), data["by"])
+        else:
+            body = data["body"].encode()
+        return Envelope.of(body, ID_CONFLICT, data["id"], origin.headers, origin.key)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Envelope.of(entry.encode("utf-8", "backslashreplace"), "unreadable outbox entry")
+
+
+def displaced_body(old: Displaced, winner: str) -> bytes:
+    """The dead letter of a tweet counted before and displaced by ``winner``'s content."""
+    return json.dumps(
+        {
+            "id": old.id,
+            "country": old.country,
+            "weather": old.weather,
+            "fingerprint": old.fingerprint,
+            "displaced_by": winner,
+        }
+    ).encode()
+
+
+def bounded(
+    letters: Sequence[OutboxLetter], max_bytes: int = DRAIN_MAX_BYTES
+) -> list[OutboxLetter]:
+    """The oldest letters whose entries fit in ``max_bytes`` (at least one)."""
+    taken: list[OutboxLetter] = []
+    size = 0
+    for letter in letters:
+        size += len(letter.entry)
+        if taken and size > max_bytes:
+            break
+        taken.append(letter)
+    return taken
+
+
+class OutboxDrain(Generic[Origin]):
+    """Publishes a store's dead-letter outbox through one sink, oldest first, and removes
+    letters only once the broker confirmed them. :meth:`step` is one round and says how
+    long to wait before the next: none while letters are left and the sink takes them, a
+    capped backoff after a failure, :data:`DRAIN_IDLE_S` once the outbox is empty or
+    another consumer holds the lease (one drainer per store: no letter sent twice)."""
+
+    def __init__(
+        self,
+        store: TweetRecorder,
+        sink: DeadLetterSink[Origin],
+        owner: str,
+        *,
+        batch: int = DRAIN_BATCH,
+        lease_s: float = DRAIN_LEASE_S,
+        on_error: Callable[[BaseException, str], None] | None = None,
+    ) -> None:
+        self.store, self.sink, self.owner = store, sink, owner
+        self.batch, self.lease_s = batch, lease_s
+        self.on_error = on_error
+        self.pending = 0
+        """Letters in the store not yet confirmed, as last seen."""
+        self.published = 0
+        self.failing = False
+        self._delay = DRAIN_BACKOFF_START_S
+        self._confirmed: list[str] = []  # sent, confirmed, not yet removed from the store
+
+    async def step(self) -> float:
+        """One round; returns the seconds to wait before the next (0: at once)."""
+        try:
+            return await self._round()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.on_error is not None:
+                self.on_error(exc, "publishing dead letters from the outbox failed; will retry")
+            self.failing = True
+            delay, self._delay = self._delay, min(self._delay * 2, DRAIN_BACKOFF_MAX_S)
+            return delay
+
+    async def _round(self) -> float:
+        if self._confirmed:  # a removal failed after the broker confirmed: never send again
+            self.pending = await self.store.remove_letters(self._confirmed)
+            self._confirmed = []
+        if not await self.store.claim_drainer(self.owner, self.lease_s):
+            return self._succeeded(DRAIN_IDLE_S)
+        letters = bounded(await self.store.outbox(self.batch))
+        if not letters:
+            self.pending = 0
+            return self._succeeded(DRAIN_IDLE_S)
+        self.pending = max(self.pending, len(letters))
+        await self.sink.send([outbox_envelope(letter.entry) for letter in letters])
+        self._confirmed = [letter.id for letter in letters]
+        self.published += len(letters)
+        self.pending = await self.store.remove_letters(self._confirmed)
+        self._confirmed = []
+        return self._succeeded(0.0 if self.pending else DRAIN_IDLE_S)
+
+    def _succeeded(self, delay: float) -> float:
+        self.failing = False
+        self._delay = DRAIN_BACKOFF_START_S
+        return delay
 
 
 def code_version(package: Path) -> str:
@@ -393,6 +480,8 @@ class ConsumerLoop:
         node_id: str = "",
         config_version: str = "",
         store_name: str = "",
+        drain_batch: int = DRAIN_BATCH,
+        drain_lease_s: float = DRAIN_LEASE_S,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -410,8 +499,10 @@ class ConsumerLoop:
         self.duplicates = 0
         self.conflicts = 0
         self.retries = 0
-        self.parked = 0
+        self.drain_batch, self.drain_lease_s = drain_batch, drain_lease_s
+        self.published_dead_letters = 0
         self.parked_dead_letters = 0
+        self._letters_due = asyncio.Event()
         self.skipped = 0
         self.loop_restarts = 0
         self.retrying = False
@@ -460,7 +551,7 @@ class ConsumerLoop:
             "poison": self.poison,
             "conflicts": self.conflicts,
             "retries": self.retries,
-            "parked": self.parked,
+            "published_dead_letters": self.published_dead_letters,
             "parked_dead_letters": self.parked_dead_letters,
             "skipped": self.skipped,
             "loop_restarts": self.loop_restarts,
@@ -497,9 +588,13 @@ class ConsumerLoop:
                 await source.hold()
 
             core = ConsumerCore(self.store, source.dead_letters, on_retry, backoff)
+            drain = OutboxDrain(
+                self.store, source.dead_letters, self.name, batch=self.drain_batch,
+                lease_s=self.drain_lease_s, on_error=self.error,
+            )  # fmt: skip
             self.connected = True
             backoff.reset()
-            parked = asyncio.get_running_loop().create_task(self._publish_parked(core))
+            parked = asyncio.get_running_loop().create_task(self._drain(drain))
             try:
                 while not self._stopping:
                     batch = await prefetch.take()
@@ -515,17 +610,22 @@ class ConsumerLoop:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await parked
 
-    async def _publish_parked(self, core: ConsumerCore[Any]) -> None:
-        """Every ``PARKED_CHECK_S``, publish parked dead letters (visible while any are left)."""
+    async def _drain(self, drain: OutboxDrain[Any]) -> None:
+        """Publish the outbox for as long as the session lasts: at once while letters are
+        left, after a backoff when the sink failed, and when a batch put letters in (or
+        every :data:`DRAIN_IDLE_S`) once it is empty."""
         while not self._stopping:
-            try:
-                self.parked_dead_letters = await core.publish_parked()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.error(exc, "publishing parked dead letters failed; will retry")
+            self._letters_due.clear()
+            published = drain.published
+            delay = await drain.step()
+            self.published_dead_letters += drain.published - published
+            self.parked_dead_letters = drain.pending
             self.metrics.set(PARKED_DEAD_LETTERS, self.parked_dead_letters, consumer=self.kind)
-            await asyncio.sleep(PARKED_CHECK_S)
+            if drain.failing:
+                await asyncio.sleep(delay)
+            elif delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._letters_due.wait(), delay)
 
     async def _skipped(self, core: ConsumerCore[Any], skipped: Sequence[Skipped]) -> None:
         """Count and report records the broker deleted before they were read."""
@@ -564,10 +664,8 @@ class ConsumerLoop:
             ("dead_lettered", outcome.dead_lettered),
         ):
             self.metrics.inc(CONSUMER_TWEETS, value, consumer=self.kind, outcome=name)
-        if outcome.parked:
-            self.parked += outcome.parked
-            self.parked_dead_letters += outcome.parked
-            self.metrics.set(PARKED_DEAD_LETTERS, self.parked_dead_letters, consumer=self.kind)
+        if outcome.dead_lettered:
+            self._letters_due.set()
         if not acknowledged:
             return
         self.batches += 1

@@ -98,8 +98,8 @@ ADMISSION_REFUSING = Metric(
 PARKED_DEAD_LETTERS = Metric(
     "weather_parked_dead_letter_messages",
     "gauge",
-    "Dead letters parked in a consumer's store because the dead-letter broker could not take "
-    "them (alarm, outage); published again in the background.",
+    "Dead letters in a consumer's store (its outbox) the dead-letter broker has not confirmed "
+    "yet; published as fast as the broker takes them.",
     ("consumer",),
 )
 SKIPPED_RECORDS = Metric(

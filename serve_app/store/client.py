@@ -25,6 +25,8 @@ from serve_app.store.core import (
     MAX_TWEETS_PER_SCRIPT,
     CountedTweet,
     Displaced,
+    LetterOrigins,
+    OutboxLetter,
     RecordResult,
     merge_results,
 )
@@ -39,13 +41,24 @@ from serve_app.store.core import (
 # the smaller fingerprint (keyed: no client can compute it) whatever the order (so both
 # stores keep the same tweet): a loser arriving later is refused (never counted); a winner
 # arriving later takes the id over, moving the counts from the old content to its own (the
-# old tweet is then the loser). Each loser is returned so the consumer dead-letters it, and
+# old tweet is then the loser). Each loser is returned so the consumer can report it, and
 # counted once in tweets:conflicts (its own marker, so a redelivered conflict is not counted
-# again). Markers of older releases hold '1' (same content assumed), a bare fingerprint (no
-# dimensions to move: first wins) or the unkeyed fingerprint: the same content is then a
-# duplicate (the legacy column), other content never beats it (keyed ones sort above,
-# store/core.py KEYED_MARK).
-_RECORD_BATCH_LUA = """
+# again); with that marker, in the same script, its dead letter goes into the outbox
+# (store/core.py), which a retried or redelivered batch cannot write again. Markers of
+# older releases hold '1' (same content assumed), a bare fingerprint (no dimensions to move:
+# first wins) or the unkeyed fingerprint: the same content is then a duplicate (the legacy
+# column), other content never beats it (keyed ones sort above, store/core.py KEYED_MARK).
+_PUT_LETTER_LUA = """
+local function put_letter(outbox, order, letter_id, entry)
+  if redis.call('HSETNX', outbox, letter_id, entry) == 1 then
+    local last = redis.call('ZRANGE', order, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', order, (tonumber(last[2]) or 0) + 1, letter_id)
+  end
+end
+"""
+_RECORD_BATCH_LUA = (
+    _PUT_LETTER_LUA
+    + """
 local ttl = tonumber(ARGV[1])
 local latest_len = tonumber(ARGV[2])
 local seen_prefix, conflict_prefix = ARGV[3], ARGV[4]
@@ -57,12 +70,20 @@ local function bump(country, weather, delta)
     deltas[h][fields[h]] = (deltas[h][fields[h]] or 0) + delta
   end
 end
-local function conflict(id, fp)
+local templates, origin_of = cjson.decode(ARGV[6]), cjson.decode(ARGV[7])
+local earlier = cjson.decode(ARGV[8])
+local function origin(n)
+  local at = origin_of[n + 1]
+  return at and templates[at + 1]
+end
+local function conflict(id, fp, letter)
   if redis.call('SET', conflict_prefix .. id .. ':' .. fp, '1', 'NX', 'EX', ttl) then
     redis.call('INCR', KEYS[6])
+    put_letter(KEYS[7], KEYS[8], id .. ':' .. fp, cjson.encode(letter))
   end
 end
-for i, tweet in ipairs(cjson.decode(ARGV[5])) do
+local rows = cjson.decode(ARGV[5])
+for i, tweet in ipairs(rows) do
   local n = i - 1
   local id, fp, country, weather, body = tweet[1], tweet[2], tweet[3], tweet[4], tweet[5]
   local key, marker = seen_prefix .. id, fp .. ':' .. country .. ':' .. weather
@@ -81,16 +102,23 @@ for i, tweet in ipairs(cjson.decode(ARGV[5])) do
       bump(country, weather, 1)
       redis.call('SET', key, marker, 'KEEPTTL')
       pushed[#pushed + 1] = body
-      conflict(id, seen_fp)
-      if counted_at[id] then
-        refused[#refused + 1] = counted_at[id]
+      local m = counted_at[id]
+      if m then
+        refused[#refused + 1] = m
+        conflict(id, seen_fp, {o = origin(m), id = id, body = rows[m + 1][5]})
       else
         displaced[#displaced + 1] = {n, id, seen}
+        local known = earlier[id .. ':' .. seen_fp]
+        if known then
+          conflict(id, seen_fp, {o = known[2], id = id, body = known[1]})
+        else
+          conflict(id, seen_fp, {o = origin(n), id = id, seen = seen, by = fp})
+        end
       end
       counted_at[id] = n
     else
       refused[#refused + 1] = n
-      conflict(id, fp)
+      conflict(id, fp, {o = origin(n), id = id, body = body})
     end
   end
 end
@@ -110,6 +138,67 @@ end
 redis.call('LTRIM', KEYS[5], 0, latest_len - 1)
 return {new, duplicates, refused, displaced}
 """
+)
+
+# Poison letters, put in the outbox before their message is acked: each letter id once
+# (its marker, kept like a seen id), however often its message is redelivered.
+# KEYS: outbox, order; ARGV: ttl, marker prefix, then letter id and entry pairs.
+_PUT_POISON_LUA = (
+    _PUT_LETTER_LUA
+    + """
+local written = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('SET', ARGV[2] .. ARGV[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+    put_letter(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1])
+    written = written + 1
+  end
+end
+return written
+"""
+)
+
+# The oldest letters of the outbox (ids and entries, not removed); first the letters that
+# releases before the outbox parked in a list are moved in (their id: the entry's SHA-1).
+# KEYS: outbox, order, the older releases' list; ARGV: how many.
+_OUTBOX_HEAD_LUA = (
+    _PUT_LETTER_LUA
+    + """
+local limit = tonumber(ARGV[1])
+local legacy = redis.call('LRANGE', KEYS[3], 0, limit - 1)
+for _, entry in ipairs(legacy) do
+  put_letter(KEYS[1], KEYS[2], 'parked:' .. redis.sha1hex(entry), entry)
+end
+if #legacy > 0 then
+  redis.call('LTRIM', KEYS[3], #legacy, -1)
+end
+local ids = redis.call('ZRANGE', KEYS[2], 0, limit - 1)
+if #ids == 0 then
+  return {{}, {}}
+end
+local entries = redis.call('HMGET', KEYS[1], unpack(ids))
+local kept_ids, kept = {}, {}
+for i, id in ipairs(ids) do
+  if entries[i] then
+    kept_ids[#kept_ids + 1] = id
+    kept[#kept + 1] = entries[i]
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return {kept_ids, kept}
+"""
+)
+
+# The outbox's publisher: one consumer per store holds the lease (renewed while it drains),
+# so two consumers never publish one letter twice. KEYS: the lease; ARGV: owner, lease ms.
+_CLAIM_DRAINER_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
 
 # Skipped broker records (retention deleted what the consumer had not read): each range is
 # counted once, however often it is detected again (a restart before the next commit).
@@ -121,6 +210,9 @@ end
 return 0
 """
 
+
+NO_ORIGINS = LetterOrigins()
+"""A batch recorded without its messages (tools, tests): letters carry no origin."""
 
 StoreClient = aioredis.Redis
 """A Redis-protocol client (Redis or Valkey); the type other stages may name."""
@@ -315,36 +407,55 @@ class TweetStore:
         self.client = client
         self._record = client.register_script(_RECORD_BATCH_LUA)
         self._skip = client.register_script(_RECORD_SKIPPED_LUA)
+        self._put_poison = client.register_script(_PUT_POISON_LUA)
+        self._outbox_head = client.register_script(_OUTBOX_HEAD_LUA)
+        self._claim_drainer = client.register_script(_CLAIM_DRAINER_LUA)
         self._ttl = settings.seen_id_ttl_s
         self._latest_len = settings.latest_tweets_length
         # the key of the tweets' fingerprints (consumers check it at start: content_key)
         self.fingerprint_key = settings.fingerprint_key.get_secret_value().encode()
         self.durable = DurableWait.of(settings)
 
-    async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+    async def record_batch(
+        self, tweets: Sequence[CountedTweet], origins: LetterOrigins = NO_ORIGINS
+    ) -> RecordResult:
         """Count every tweet whose id this store has not seen: one atomic script per
         :data:`MAX_TWEETS_PER_SCRIPT` tweets, in order (a batch cut short is redelivered,
-        and what was counted counts nothing twice). Returns once the writes are durable
-        as the settings ask (:class:`DurableWait`), on the one connection that made them."""
+        and what was counted counts nothing twice). The losers of id conflicts go into the
+        dead-letter outbox in the same scripts, with their message's envelope (``origins``).
+        Returns once the writes are durable as the settings ask (:class:`DurableWait`), on
+        the one connection that made them."""
         parts = []
+        earlier: dict[str, dict[str, int]] = {}  # id -> fingerprint -> first index
         async with self.client.client() as connection:
             for start in range(0, len(tweets), MAX_TWEETS_PER_SCRIPT):
-                part = tweets[start : start + MAX_TWEETS_PER_SCRIPT]
-                parts.append((start, await self._record_part(part, connection)))
+                end = start + MAX_TWEETS_PER_SCRIPT
+                letters = part_origins(tweets, origins, start, end, earlier)
+                part = await self._record_part(tweets[start:end], letters, connection)
+                parts.append((start, part))
+                if end < len(tweets):
+                    for index in range(start, min(end, len(tweets))):
+                        t = tweets[index]
+                        earlier.setdefault(t.id, {}).setdefault(t.fingerprint, index)
             await self.durable.wait(connection)
         return merge_results(parts, tweets)
 
     async def _record_part(
-        self, tweets: Sequence[CountedTweet], connection: aioredis.Redis
+        self,
+        tweets: Sequence[CountedTweet],
+        letters: tuple[str, str, str],
+        connection: aioredis.Redis,
     ) -> RecordResult:
         # the tweets as one JSON argument (the script decodes it with cjson): redis-py packs
         # each argument in Python, which for five per tweet was most of a consumer's time;
         # a CountedTweet is a tuple, i.e. one [id, fingerprint, country, weather, body,
         # legacy] row
         packed = json.dumps(list(tweets), ensure_ascii=False, separators=(",", ":"))
-        args = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix, packed]
+        args = [self._ttl, self._latest_len, KEYS.seen_prefix, KEYS.conflict_prefix, packed,
+                *letters]  # fmt: skip
         keys = [KEYS.total, KEYS.by_country, KEYS.by_weather, KEYS.by_country_weather,
-                KEYS.latest, KEYS.conflicts]  # fmt: skip
+                KEYS.latest, KEYS.conflicts, KEYS.dead_letter_outbox,
+                KEYS.dead_letter_order]  # fmt: skip
         new, duplicates, refused, displaced = await self._record(
             keys=keys, args=args, client=connection
         )
@@ -355,24 +466,39 @@ class TweetStore:
             tuple(Displaced.of(int(by), id_, seen) for by, id_, seen in displaced),
         )
 
-    async def park(self, entries: Sequence[str]) -> None:
-        """Keep dead letters that could not be published (oldest first) until they are."""
-        if entries:
-            await self.client.rpush(KEYS.parked_dead_letters, *entries)
+    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int:
+        """Put poison letters in the outbox, each letter id once (a redelivered message
+        writes nothing again); returns how many were new."""
+        if not letters:
+            return 0
+        args: list[Any] = [self._ttl, KEYS.poison_prefix]
+        for letter in letters:
+            args += [letter.id, letter.entry]
+        keys = [KEYS.dead_letter_outbox, KEYS.dead_letter_order]
+        return int(await self._put_poison(keys=keys, args=args))
 
-    async def parked(self, limit: int) -> list[str]:
-        """The oldest parked dead letters (not removed: see :meth:`unpark`)."""
-        return list(await self.client.lrange(KEYS.parked_dead_letters, 0, limit - 1))
+    async def outbox(self, limit: int) -> list[OutboxLetter]:
+        """The oldest letters of the outbox (not removed: see :meth:`remove_letters`),
+        after moving in what releases before the outbox parked."""
+        keys = [KEYS.dead_letter_outbox, KEYS.dead_letter_order, KEYS.parked_dead_letters]
+        ids, entries = await self._outbox_head(keys=keys, args=[limit])
+        return [OutboxLetter(i, e) for i, e in zip(ids, entries, strict=True)]
 
-    async def unpark(self, entries: Sequence[str]) -> int:
-        """Drop dead letters that were published; returns how many are still parked.
-        (Two consumers on one store may both publish an entry: at least once, never lost.)"""
+    async def remove_letters(self, ids: Sequence[str]) -> int:
+        """Drop letters the broker confirmed; returns how many are still unconfirmed."""
         async with self.client.pipeline(transaction=True) as pipe:
-            for entry in entries:
-                pipe.lrem(KEYS.parked_dead_letters, 1, entry)
+            if ids:
+                pipe.hdel(KEYS.dead_letter_outbox, *ids)
+                pipe.zrem(KEYS.dead_letter_order, *ids)
+            pipe.hlen(KEYS.dead_letter_outbox)
             pipe.llen(KEYS.parked_dead_letters)
             results = await pipe.execute()
-        return int(results[-1])
+        return int(results[-2]) + int(results[-1])
+
+    async def claim_drainer(self, owner: str, lease_s: float) -> bool:
+        """Take or renew the lease on publishing the outbox; False while another holds it."""
+        keys = [KEYS.dead_letter_drainer]
+        return bool(await self._claim_drainer(keys=keys, args=[owner, int(lease_s * 1000)]))
 
     async def record_skipped(self, source: str, first: int, last: int) -> bool:
         """Count the skipped records ``first``..``last`` of ``source`` (a topic partition)
@@ -391,6 +517,7 @@ class TweetStore:
             pipe.get(KEYS.conflicts)
             pipe.llen(KEYS.parked_dead_letters)
             pipe.hgetall(KEYS.skipped)
+            pipe.hlen(KEYS.dead_letter_outbox)
             if latest:
                 pipe.lrange(KEYS.latest, 0, latest - 1)
             results = await pipe.execute()
@@ -400,15 +527,43 @@ class TweetStore:
             "by_weather": _ints(results[2]),
             "by_country_weather": _ints(results[3]),
             "conflicts": int(results[4] or 0),
-            "parked_dead_letters": int(results[5]),
+            "parked_dead_letters": int(results[5]) + int(results[7]),
             "skipped": _ints(results[6]),
         }
         if latest:
-            stats["latest"] = [json.loads(raw) for raw in results[7]]
+            stats["latest"] = [json.loads(raw) for raw in results[8]]
         return stats
 
     async def latest_length(self) -> int:
         return int(await self.client.llen(KEYS.latest))
+
+
+def part_origins(
+    tweets: Sequence[CountedTweet],
+    origins: LetterOrigins,
+    start: int,
+    end: int,
+    earlier: dict[str, dict[str, int]],
+) -> tuple[str, str, str]:
+    """The record script's letter arguments for ``tweets[start:end]``: the templates of its
+    messages, each tweet's template index, and the tweets of earlier parts (``earlier``: id
+    -> fingerprint -> index) with an id of this part, by ``id:fingerprint`` (body,
+    template), so a loser an earlier part counted is dead-lettered as it came."""
+    of_tweet = origins.of_tweet[start:end]
+    if not of_tweet:
+        return "[]", "[]", "{}"
+    first = of_tweet[0]
+    templates = origins.templates[first : of_tweet[-1] + 1]
+    known: dict[str, tuple[str, str]] = {}
+    for t in tweets[start:end] if earlier else ():
+        for fp, index in earlier.get(t.id, {}).items():
+            template = origins.templates[origins.of_tweet[index]]
+            known.setdefault(f"{t.id}:{fp}", (tweets[index].body, template))
+    return (
+        json.dumps(templates, separators=(",", ":")),
+        json.dumps([i - first for i in of_tweet], separators=(",", ":")),
+        json.dumps(known, ensure_ascii=False, separators=(",", ":")),
+    )
 
 
 def both_stores(settings: Settings) -> dict[str, TweetStore]:

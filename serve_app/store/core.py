@@ -27,6 +27,16 @@ class StoreKeys:
     latest: str = "tweets:latest"
     conflicts: str = "tweets:conflicts"
     parked_dead_letters: str = "tweets:dead_letters:parked"
+    """Dead letters parked by releases before the outbox (a list of envelopes): moved into
+    the outbox by the drainer, so they are still published."""
+    dead_letter_outbox: str = "tweets:dead_letters:outbox"
+    """Every dead letter decided and not yet confirmed by the dead-letter broker: letter id
+    -> entry (:func:`serve_app.consume.core.outbox_envelope` reads it)."""
+    dead_letter_order: str = "tweets:dead_letters:order"
+    """The outbox's letter ids by arrival (a sorted set), so it drains oldest first."""
+    dead_letter_drainer: str = "tweets:dead_letters:drainer"
+    """Which consumer publishes the outbox (a lease), so two never send one letter twice."""
+    poison_prefix: str = "tweets:poison:"
     skipped: str = "tweets:skipped"
     skipped_ranges: str = "tweets:skipped:ranges"
     seen_prefix: str = "tweets:seen:"
@@ -46,7 +56,7 @@ class StoreKeys:
             self.by_country_weather,
             self.latest,
             self.conflicts,
-            self.parked_dead_letters,
+            self.dead_letter_outbox,
             self.skipped,
         )
 
@@ -185,3 +195,38 @@ def merge_results(
             else:
                 refused.append(counted_here)
     return RecordResult(new, duplicates, tuple(refused), tuple(displaced))
+
+
+# --- the dead-letter outbox ------------------------------------------------------------------
+# A dead letter is written into the store by the same script that decides it (an id
+# conflict's loser) or before its message is acked (poison), under a deterministic letter id
+# whose marker (``conflict_prefix`` / ``poison_prefix`` + id, kept ``seen_id_ttl_s``) makes a
+# retried or redelivered batch write it at most once. A consumer publishes the oldest entries
+# and removes them only after the broker confirmed them. Entries are JSON: an envelope (poison,
+# and letters parked by older releases), or what the record script writes for a conflict's
+# loser: ``{"o": origin, "id": tweet id, "body": its JSON}`` (refused, as it came) or
+# ``{"o": origin, "id": ..., "seen": its marker, "by": the winner's fingerprint}`` (displaced,
+# as the store knew it); ``o`` is the envelope (empty body) of the message it came with.
+
+
+@dataclass(frozen=True)
+class LetterOrigins:
+    """Where each tweet of a batch came from, for the letters the record script may write:
+    ``templates`` (one envelope JSON per message, empty body) and ``of_tweet`` (for each
+    tweet, the index of its message's template)."""
+
+    templates: tuple[str, ...] = ()
+    of_tweet: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboxLetter:
+    """One letter waiting in the outbox: its id and its entry."""
+
+    id: str
+    entry: str
+
+
+def conflict_letter_id(tweet_id: str, fingerprint: str) -> str:
+    """The letter of the loser ``fingerprint`` of ``tweet_id``: one per (id, content)."""
+    return f"{tweet_id}:{fingerprint}"

@@ -234,7 +234,8 @@ def test_rounds_and_quick_subset() -> None:
     assert set(QUICK) <= set(ROUNDS)
     for name in ("kafka_partition", "rabbitmq_partition", "redis_partition", "valkey_partition",
                  "rabbitmq_disk_full", "kafka_disk_full", "redis_outage_retention",
-                 "hostile_messages", "kafka_outage_poison", "consumers_setting"):  # fmt: skip
+                 "hostile_messages", "kafka_outage_poison", "consumers_setting",
+                 "dead_letter_sink_outage"):  # fmt: skip
         assert name in ROUNDS
 
 

@@ -15,15 +15,14 @@ import pytest
 
 from serve_app.brokers.base import DeadLetter, Delivery, Envelope, Skipped
 from serve_app.consume.core import (
-    DEAD_LETTER_ATTEMPTS,
     ID_CONFLICT,
     Backoff,
     ConsumerCore,
     ConsumerLoop,
+    OutboxDrain,
     actor_version,
     code_version,
     config_version,
-    conflict_letters,
     stale_actors,
 )
 from serve_app.consume.freshness import FRESHNESS_EXPORT_S
@@ -31,7 +30,16 @@ from serve_app.model.codec import EncodedBatch
 from serve_app.model.metrics import FRESHNESS
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
-from serve_app.store.core import CountedTweet, Displaced, RecordResult, marker, wins
+from serve_app.store.core import (
+    CountedTweet,
+    Displaced,
+    LetterOrigins,
+    OutboxLetter,
+    RecordResult,
+    conflict_letter_id,
+    marker,
+    wins,
+)
 from tests.support.fakes import RecordingMetrics
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -45,6 +53,7 @@ def tweet(i: int, text: str = "lluvia", country: str = "GT") -> Tweet:
 
 
 KEY = b"the consumers' fingerprint key.."
+NO_ORIGINS = LetterOrigins()
 
 
 class FakeStore:
@@ -59,10 +68,14 @@ class FakeStore:
         self.counts: dict[str, int] = {}
         self.failures = failures
         self.calls: list[str] = []
-        self.parked_entries: list[str] = []
+        self.outbox_entries: dict[str, str] = {}  # in arrival order, like the sorted set
+        self.markers: set[str] = set()  # letter ids decided (conflict and poison markers)
+        self.drainer: str | None = None
         self.skipped: dict[str, int] = {}
 
-    async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+    async def record_batch(
+        self, tweets: Sequence[CountedTweet], origins: LetterOrigins = NO_ORIGINS
+    ) -> RecordResult:
         self.calls.append("store")
         if self.failures:
             self.failures -= 1
@@ -85,32 +98,56 @@ class FakeStore:
                 self._bump(t.country, 1)
                 self.seen[t.id] = marker(t)
                 if t.id in counted_at:
-                    refused.append(counted_at[t.id])
+                    m = counted_at[t.id]
+                    refused.append(m)
+                    self._letter(old.id, old.fingerprint, origin(origins, m), body=tweets[m].body)
                 else:
                     displaced.append(old)
+                    entry = {"seen": seen, "by": t.fingerprint}
+                    self._letter(old.id, old.fingerprint, origin(origins, n), **entry)
                 counted_at[t.id] = n
             else:
                 refused.append(n)
+                self._letter(t.id, t.fingerprint, origin(origins, n), body=t.body)
         return RecordResult(new, duplicates, tuple(refused), tuple(displaced))
+
+    def _letter(self, tweet_id: str, fp: str, template: str | None, **entry: str) -> None:
+        """The record script's outbox write: once per (id, losing fingerprint)."""
+        letter_id = conflict_letter_id(tweet_id, fp)
+        if letter_id not in self.markers:
+            self.markers.add(letter_id)
+            self.outbox_entries[letter_id] = json.dumps({"o": template, "id": tweet_id, **entry})
 
     def _bump(self, country: str, delta: int) -> None:
         self.counts[country] = self.counts.get(country, 0) + delta
 
-    async def park(self, entries: Sequence[str]) -> None:
-        self.calls.append("park")
-        self.parked_entries.extend(entries)
+    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int:
+        self.calls.append("poison")
+        new = [letter for letter in letters if letter.id not in self.markers]
+        for letter in new:
+            self.markers.add(letter.id)
+            self.outbox_entries[letter.id] = letter.entry
+        return len(new)
 
-    async def parked(self, limit: int) -> list[str]:
-        return self.parked_entries[:limit]
+    async def outbox(self, limit: int) -> list[OutboxLetter]:
+        return [OutboxLetter(i, e) for i, e in list(self.outbox_entries.items())[:limit]]
 
-    async def unpark(self, entries: Sequence[str]) -> int:
-        for entry in entries:
-            self.parked_entries.remove(entry)
-        return len(self.parked_entries)
+    async def remove_letters(self, ids: Sequence[str]) -> int:
+        for letter_id in ids:
+            self.outbox_entries.pop(letter_id, None)
+        return len(self.outbox_entries)
+
+    async def claim_drainer(self, owner: str, lease_s: float) -> bool:
+        self.drainer = self.drainer or owner
+        return self.drainer == owner
 
     async def record_skipped(self, source: str, first: int, last: int) -> bool:
         self.skipped[source] = self.skipped.get(source, 0) + last - first + 1
         return True
+
+
+def origin(origins: LetterOrigins, n: int) -> str | None:
+    return origins.templates[origins.of_tweet[n]] if origins.of_tweet else None
 
 
 class FakeDeadLetters:
@@ -124,6 +161,9 @@ class FakeDeadLetters:
 
     def envelope(self, letter: DeadLetter[str]) -> Envelope:
         return Envelope.of(letter.body, letter.reason, letter.id, [("x-origin", letter.origin)])
+
+    def identity(self, origin: str) -> str:
+        return origin
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
         self.calls.append("dead-letters")
@@ -152,16 +192,27 @@ def origins(envelopes: Sequence[Envelope]) -> list[str]:
     return [dict(e.headers)["x-origin"] for e in envelopes]
 
 
-async def test_good_tweets_are_applied_before_the_poison_is_dead_lettered() -> None:
+async def drain(store: FakeStore, dead: FakeDeadLetters) -> OutboxDrain[str]:
+    """Publish the outbox until the drain would wait (empty, or the sink failed)."""
+    drainer = OutboxDrain(store, dead, "consumer-0")
+    for _ in range(100):
+        if await drainer.step():
+            break
+    return drainer
+
+
+async def test_good_tweets_are_applied_and_the_poison_put_in_the_outbox() -> None:
     store = FakeStore()
     consumer, dead, _ = core(store)
     bad = {**json.loads(tweet(9).to_json()), "country": "ZZ"}
     body = json.dumps({"v": 2, "tweets": [json.loads(tweet(1).to_json()), bad]}).encode()
     outcome = await consumer.handle([Delivery(body, "m1"), chunk([tweet(2)], "m2")])
-    assert store.calls == ["store", "dead-letters"]
-    assert (outcome.messages, outcome.applied, outcome.poison, outcome.parked) == (2, 2, 1, 0)
+    assert store.calls == ["store", "poison"] and dead.sent == []
+    assert (outcome.messages, outcome.applied, outcome.poison) == (2, 2, 1)
+    await drain(store, dead)
     [letter] = dead.sent
     assert letter.id == "t-9" and origins(dead.sent) == ["m1"] and "country" in letter.reason
+    assert store.outbox_entries == {}
 
 
 async def test_a_store_outage_holds_the_batch_until_it_is_applied() -> None:
@@ -172,40 +223,22 @@ async def test_a_store_outage_holds_the_batch_until_it_is_applied() -> None:
     assert outcome.applied == 2 and set(store.seen) == {"t-1", "t-2"}
 
 
-async def test_a_briefly_blocked_dead_letter_broker_is_retried_within_the_bound() -> None:
-    store = FakeStore()
-    consumer, dead, retries = core(store, dlq_failures=DEAD_LETTER_ATTEMPTS - 1)
-    outcome = await consumer.handle([Delivery(b"\xff not json", "m"), chunk([tweet(1)], "n")])
-    assert len(retries) == DEAD_LETTER_ATTEMPTS - 1
-    assert outcome.applied == 1 and len(dead.sent) == 1 and outcome.parked == 0
-
-
 async def test_a_dead_letter_broker_that_stays_blocked_never_stops_good_tweets() -> None:
-    """The alarm deadlock: the batch completes, its poison is parked in the store; later
-    poison is parked at once (order kept); once the broker is back, everything goes out."""
+    """The alarm deadlock: batches complete while the sink fails, their letters wait in the
+    outbox (in order); once the broker is back, everything goes out, oldest first."""
     store = FakeStore()
-    consumer, dead, retries = core(store, dlq_failures=-1)
+    consumer, dead, _ = core(store, dlq_failures=-1)
     first = await asyncio.wait_for(
         consumer.handle([Delivery(b"\xff one", "m1"), chunk([tweet(1)], "m2")]), BOUND_S
     )
-    assert (first.applied, first.parked) == (1, 1) and set(store.seen) == {"t-1"}
-    assert len(retries) == DEAD_LETTER_ATTEMPTS and consumer.parking
-    second = await asyncio.wait_for(consumer.handle([Delivery(b"\xff two", "m3")]), BOUND_S)
-    assert second.parked == 1 and len(retries) == DEAD_LETTER_ATTEMPTS  # no new attempts
+    assert first.applied == 1 and set(store.seen) == {"t-1"}
+    assert (await drain(store, dead)).failing and len(store.outbox_entries) == 1
+    await asyncio.wait_for(consumer.handle([Delivery(b"\xff two", "m3")]), BOUND_S)
     dead.failures = 0
-    assert await consumer.publish_parked() == 0
+    drained = await drain(store, dead)
     assert [e.body for e in dead.sent] == [b"\xff one", b"\xff two"]
-    assert origins(dead.sent) == ["m1", "m3"] and not consumer.parking
-    assert store.parked_entries == []
-
-
-async def test_parked_letters_stay_parked_while_the_broker_is_down() -> None:
-    store = FakeStore()
-    consumer, dead, _ = core(store, dlq_failures=-1)
-    await asyncio.wait_for(consumer.handle([Delivery(b"\xff", "m")]), BOUND_S)
-    with pytest.raises(TimeoutError):
-        await consumer.publish_parked()
-    assert len(store.parked_entries) == 1 and dead.sent == []
+    assert origins(dead.sent) == ["m1", "m3"] and drained.pending == 0
+    assert store.outbox_entries == {}
 
 
 async def test_a_sink_that_cannot_describe_a_letter_still_dead_letters_it() -> None:
@@ -217,6 +250,7 @@ async def test_a_sink_that_cannot_describe_a_letter_still_dead_letters_it() -> N
 
     dead.envelope = broken  # type: ignore[method-assign]
     await asyncio.wait_for(consumer.handle([Delivery(b"\xff", "m")]), BOUND_S)
+    await drain(store, dead)
     [letter] = dead.sent
     assert letter.body == b"\xff" and letter.reason.startswith("undecodable")
 
@@ -230,6 +264,7 @@ async def test_redeliveries_are_duplicates_and_the_later_loser_is_the_conflict()
     await consumer.handle([chunk([tweet(1), winner], "first")])
     again = await consumer.handle([chunk([tweet(1), loser], "second")])
     assert (again.applied, again.duplicates, again.conflicts) == (0, 1, 1)
+    await drain(store, dead)
     [letter] = dead.sent
     assert (letter.id, letter.reason, origins(dead.sent)) == ("t-2", ID_CONFLICT, ["second"])
     assert json.loads(letter.body)["description"] == loser.description
@@ -245,30 +280,36 @@ async def test_both_orders_of_a_conflict_keep_the_same_winner() -> None:
         consumer, dead, _ = core(store)
         for i, t in enumerate(order):
             await consumer.handle([chunk([t], f"m{i}")])
+        await drain(store, dead)
         loser = dead.sent[0]
         ends.append((store.seen["t-7"], {k: v for k, v in store.counts.items() if v},
                      json.loads(loser.body)["country"]))  # fmt: skip
     assert ends[0] == ends[1]
 
 
-def test_a_displaced_tweet_is_dead_lettered_as_the_store_knew_it() -> None:
+async def test_a_displaced_tweet_is_dead_lettered_as_the_store_knew_it() -> None:
     old = tweet(3, text="nieve", country="SV")
     new = tweet(3, text="sol", country="GT")
-    counted = [CountedTweet.of(new, KEY)]
-    seen = marker(CountedTweet.of(old, KEY))
-    result = RecordResult(0, 0, (), (Displaced.of(0, "t-3", seen),))
-    [letter] = conflict_letters(result, counted, [(new, Delivery(b"", "m9"))])
+    first, second = sorted((old, new), key=lambda t: CountedTweet.of(t, KEY).fingerprint)[::-1]
+    store = FakeStore()
+    consumer, dead, _ = core(store)
+    await consumer.handle([chunk([first], "m1")])
+    await consumer.handle([chunk([second], "m9")])
+    await drain(store, dead)
+    [letter] = dead.sent
     body = json.loads(letter.body)
-    assert (letter.reason, letter.origin, letter.id) == (ID_CONFLICT, "m9", "t-3")
-    assert body["country"] == "SV" and body["displaced_by"] == counted[0].fingerprint
+    assert (letter.reason, origins(dead.sent), letter.id) == (ID_CONFLICT, ["m9"], "t-3")
+    assert body["country"] == first.country
+    assert body["displaced_by"] == CountedTweet.of(second, KEY).fingerprint
 
 
-def test_a_loser_redelivered_within_one_batch_is_dead_lettered_once() -> None:
-    t = tweet(4)
-    counted = [CountedTweet.of(t, KEY)] * 2
-    result = RecordResult(0, 0, (0, 1), ())
-    delivery = Delivery(b"", "m")
-    assert len(conflict_letters(result, counted, [(t, delivery), (t, delivery)])) == 1
+async def test_a_loser_redelivered_within_one_batch_is_dead_lettered_once() -> None:
+    a, b = tweet(4, text="sol"), tweet(4, text="otra cosa")
+    store = FakeStore()
+    consumer, dead, _ = core(store)
+    await consumer.handle([chunk([a], "m1"), chunk([b], "m2"), chunk([b], "m3"), chunk([a], "m4")])
+    await drain(store, dead)
+    assert len(dead.sent) == 1
 
 
 # --- the loop: skipped records and parked letters ---------------------------------------
@@ -351,12 +392,13 @@ async def test_a_consumer_exports_the_age_of_the_newest_tweet_it_counted() -> No
     assert exported is not None and exported >= datetime.now(UTC).timestamp() - NOW.timestamp() - 5
 
 
-async def test_parked_letters_are_published_in_the_background_and_shown() -> None:
+async def test_outbox_letters_are_published_in_the_background_and_shown() -> None:
     store = FakeStore()
-    store.parked_entries.append(Envelope.of(b"old", "invalid tweet").to_json())
+    store.outbox_entries["old"] = Envelope.of(b"old", "invalid tweet").to_json()
     source = FakeSource([], [])
-    await run_loop(store, source, lambda lp: not store.parked_entries)
+    loop = await run_loop(store, source, lambda lp: not store.outbox_entries)
     assert [e.body for e in source.dead_letters.sent] == [b"old"]
+    assert loop.status()["published_dead_letters"] == 1
 
 
 class SlowSource(FakeSource):
@@ -388,14 +430,16 @@ async def test_the_next_batch_is_fetched_while_one_is_written() -> None:
     source = SlowSource([[chunk([tweet(1)], "m1")], [chunk([tweet(2), tweet(3)], "m2")]])
 
     class WaitsForTheNextFetch(FakeStore):
-        async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+        async def record_batch(
+            self, tweets: Sequence[CountedTweet], origins: LetterOrigins = NO_ORIGINS
+        ) -> RecordResult:
             for _ in range(100):
                 if source.fetches >= 2:
                     break
                 await asyncio.sleep(0.01)
             else:
                 raise AssertionError("the next batch was not fetched during the write")
-            return await super().record_batch(tweets)
+            return await super().record_batch(tweets, origins)
 
     store = WaitsForTheNextFetch()
     loop = await run_loop(store, source, lambda lp: lp.batches == 2)
@@ -409,9 +453,11 @@ async def test_a_retried_write_holds_the_source_only_after_the_fetch_ahead() -> 
     source = SlowSource([[chunk([tweet(1)], "m1")], [chunk([tweet(2)], "m2")]])
 
     class FailsAfterARoundTrip(FakeStore):
-        async def record_batch(self, tweets: Sequence[CountedTweet]) -> RecordResult:
+        async def record_batch(
+            self, tweets: Sequence[CountedTweet], origins: LetterOrigins = NO_ORIGINS
+        ) -> RecordResult:
             await asyncio.sleep(0.005)  # the fetch ahead is under way when this fails
-            return await super().record_batch(tweets)
+            return await super().record_batch(tweets, origins)
 
     store = FailsAfterARoundTrip(failures=2)
     loop = await run_loop(store, source, lambda lp: lp.batches == 2)

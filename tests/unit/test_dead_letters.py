@@ -123,7 +123,9 @@ async def test_records_deleted_before_they_were_read_are_reported_not_skipped_si
 class ClosedChannelExchange:
     """An exchange on a channel the broker closed (e.g. 404): every publish fails."""
 
-    async def publish(self, message: aio_pika.Message, routing_key: str) -> None:
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, mandatory: bool = True
+    ) -> None:
         raise aio_pika.exceptions.ChannelClosed(404, "NOT_FOUND - no exchange")
 
 
