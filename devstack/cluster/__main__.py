@@ -17,7 +17,7 @@ import sys
 import time
 
 from devstack.cluster import build, images
-from devstack.cluster.control_plane import ControlPlane
+from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
 from devstack.cluster.node import Node
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         node = Node(log=print)
         plane = node.control_plane()
         plane.up()
-        plane.kubectl("delete", "node", "kwok-node-0", "--wait=false")
+        plane.kubectl("delete", "node", *NODE_NAMES, "--wait=false")
         node.up(plane)
         print(f"node Ready in {time.monotonic() - started:.1f} s; KUBECONFIG={plane.kubeconfig}")
         print(f"kubectl: {plane.binaries['kubectl']}")

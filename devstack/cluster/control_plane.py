@@ -37,8 +37,12 @@ PORTS = {
     "ray-operator-probe": 28081,
 }
 SERVICE_CIDR = "10.96.0.0/16"  # cluster IPs are only allocated, never routed
-NODE_NAME = "kwok-node-0"
-# The one fake node: enough for the head, the autoscaler and every worker at maxReplicas.
+# Three fake machines: each replicated member of k8s/infra (3 Kafka brokers, 3 RabbitMQ
+# nodes, 3 Sentinels, primary + replica) must land on a machine of its own (required
+# anti-affinity), and the Ray workers spread over them.
+NODE_NAMES = ("kwok-node-0", "kwok-node-1", "kwok-node-2")
+NODE_NAME = NODE_NAMES[0]
+# Each: enough for the head, the autoscaler and every worker at maxReplicas.
 NODE_CAPACITY = {"cpu": "32", "memory": "128Gi", "pods": "110"}
 STARTUP_TIMEOUT_S = 180.0
 ORDER = (
@@ -280,8 +284,10 @@ class ControlPlane(ProcessHome):
         # The cluster's default StorageClass, provisioned by KWOK's stages.
         storage_class = str(build.kwok_file(build.KWOK_STORAGE_CLASS))
         self.kubectl("apply", "--server-side", "-f", storage_class)
-        self.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(fake_node()))
-        self.kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=120s")
+        for name in NODE_NAMES:
+            self.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(fake_node(name)))
+        nodes = [f"node/{name}" for name in NODE_NAMES]
+        self.kubectl("wait", "--for=condition=Ready", *nodes, "--timeout=120s")
 
     def _start_operator(self) -> None:
         crds = build.kuberay_crds()
@@ -314,15 +320,15 @@ def with_extra_args(argv: list[str], extra: list[str]) -> list[str]:
     return [*kept, *extra]
 
 
-def fake_node() -> dict:
+def fake_node(name: str = NODE_NAME) -> dict:
     """A Node that KWOK keeps Ready and whose Pods it reports Running."""
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
-            "name": NODE_NAME,
+            "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": NODE_NAME, "type": "kwok"},
+            "labels": {"kubernetes.io/hostname": name, "type": "kwok"},
         },
         "spec": {},
         "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},

@@ -1,7 +1,8 @@
 """The Kubernetes manifests on a real control plane: kube-apiserver with strict server-side
 validation, the controller-manager and scheduler, KWOK (a fake node: Pods schedule and
 report Running without containers, PVCs bind through its StorageClass) and the KubeRay
-operator, all on loopback (devstack/cluster).
+operator, all on loopback (devstack/cluster). KWOK runs three fake machines, so the
+replicated members' required anti-affinity and the Ray workers' spread are really scheduled.
 
 The commands are the Kubernetes guide's (docs/kubernetes.md): the blocks marked
 ``<!-- cluster-test: NAME -->`` run verbatim in bash, in a copy of the repository with a
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from devstack.cluster.control_plane import NODE_NAME, ControlPlane
+from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
 from kuberay import gen_secrets
 from kuberay.kustomize import render
 
@@ -31,8 +32,25 @@ ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "kubernetes.md"
 NAMESPACE = "weather"
 RAYSERVICE = "weather-pipeline"
-STATEFUL = ("kafka", "rabbitmq", "redis", "valkey", "prometheus", "grafana")
-CREDENTIAL_READERS = ("rabbitmq", "redis", "valkey", "grafana")
+STATEFUL = ("prometheus", "grafana")  # Deployments with a PVC
+# Replicated: StatefulSet -> replicas, each member on a machine of its own.
+REPLICATED = {
+    "kafka": 3,
+    "rabbitmq": 3,
+    "redis": 2,
+    "redis-sentinel": 3,
+    "valkey": 2,
+    "valkey-sentinel": 3,
+}
+CREDENTIAL_READERS = (
+    "rabbitmq",
+    "redis",
+    "redis-sentinel",
+    "valkey",
+    "valkey-sentinel",
+    "grafana",
+    "ray-gcs-redis",
+)
 WAIT = "--timeout=180s"
 
 
@@ -164,6 +182,37 @@ def test_infra_running_with_bound_volumes(cluster, applied):
         assert running == ["Running"], name
 
 
+def test_replicated_members_run_on_machines_of_their_own(cluster, applied):
+    """Every member Running, on its own node (the scheduler honoured the required
+    anti-affinity), each with its own bound volume where it keeps data."""
+    sets = {s["metadata"]["name"]: s for s in cluster.get_json("-n", NAMESPACE, "sts")["items"]}
+    claims = {c["metadata"]["name"]: c for c in cluster.get_json("-n", NAMESPACE, "pvc")["items"]}
+    for name, replicas in REPLICATED.items():
+        assert sets[name]["status"].get("readyReplicas") == replicas, name
+        members = pods(cluster, f"app.kubernetes.io/name={name}")
+        assert sorted(p["metadata"]["name"] for p in members) == [
+            f"{name}-{i}" for i in range(replicas)
+        ]
+        assert all(p["status"]["phase"] == "Running" for p in members), name
+        nodes = [p["spec"]["nodeName"] for p in members]
+        assert len(set(nodes)) == replicas and set(nodes) <= set(NODE_NAMES), (name, nodes)
+        for template in sets[name]["spec"].get("volumeClaimTemplates", []):
+            for index in range(replicas):
+                claim = f"{template['metadata']['name']}-{name}-{index}"
+                assert claims[claim]["status"]["phase"] == "Bound", claim
+
+
+def test_disruption_budgets_allow_one_member_at_a_time(cluster, applied):
+    """The disruption controller's own reading: with every member up, exactly one may be
+    evicted (a drain moves on one machine at a time)."""
+    budgets = {b["metadata"]["name"]: b for b in cluster.get_json("-n", NAMESPACE, "pdb")["items"]}
+    for name, replicas in REPLICATED.items():
+        status = budgets[name]["status"]
+        assert status["expectedPods"] == replicas, name
+        assert status["currentHealthy"] == replicas, name
+        assert status["disruptionsAllowed"] == 1, name
+
+
 def test_infra_services_select_running_pods(cluster, applied):
     for service in cluster.get_json("-n", NAMESPACE, "svc")["items"]:
         selector = service["spec"].get("selector")
@@ -235,6 +284,15 @@ def test_ray_pods_run_with_token_auth_shm_and_probes(cluster, applied, rendered)
     workers = pods(cluster, f"ray.io/cluster={name},ray.io/node-type=worker")
     spec = next(o for o in rendered if o["kind"] == "RayService")["spec"]["rayClusterConfig"]
     assert len(workers) == spec["workerGroupSpecs"][0]["replicas"]
+    # GCS fault tolerance: the head's GCS keeps its state in the GCS Redis; the workers
+    # spread over the machines.
+    head_env = {e["name"]: e for e in head[0]["spec"]["containers"][0]["env"]}
+    assert head_env["RAY_REDIS_ADDRESS"]["value"] == "ray-gcs-redis:6379"
+    assert pods(cluster, "app.kubernetes.io/name=ray-gcs-redis")[0]["status"]["phase"] == "Running"
+    assert len({w["spec"]["nodeName"] for w in workers}) == len(workers) >= 2
+    budget = cluster.get_json("-n", NAMESPACE, "pdb", "ray-workers")["status"]
+    assert budget["expectedPods"] == len(workers)
+    assert budget["disruptionsAllowed"] == len(workers) - 1
     for pod in head + workers:
         assert pod["status"]["phase"] == "Running"
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -293,7 +351,7 @@ def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
     changed (new cluster), and the guide's apply still works afterwards."""
     old = cluster.get_json("-n", NAMESPACE, "secret", "weather-credentials")["data"]
     before = {
-        n: pods(cluster, f"app.kubernetes.io/name={n}")[0]["metadata"]["uid"]
+        n: {p["metadata"]["uid"] for p in pods(cluster, f"app.kubernetes.io/name={n}")}
         for n in CREDENTIAL_READERS
     }
     generation = cluster.get_json("-n", NAMESPACE, "rayservice", RAYSERVICE)["metadata"][
@@ -302,7 +360,12 @@ def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
     new = write_secrets(workdir)
     run_readme(cluster, "rotate", workdir)
     data = cluster.get_json("-n", NAMESPACE, "secret", "weather-credentials")["data"]
-    for key in ("RABBITMQ_PASSWORD", "RABBITMQ_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for key in (
+        "RABBITMQ_PASSWORD",
+        "RABBITMQ_ADMIN_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "REDIS_REPLICATION_PASSWORD",
+    ):
         assert base64.b64decode(data[key]).decode() == new[key] and data[key] != old[key]
     for name in CREDENTIAL_READERS:
         now = [
@@ -310,12 +373,14 @@ def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
             for p in pods(cluster, f"app.kubernetes.io/name={name}")
             if "deletionTimestamp" not in p["metadata"]
         ]
-        assert len(now) == 1 and now[0]["metadata"]["uid"] != before[name], name
-        assert now[0]["status"]["phase"] == "Running"
-        init = now[0]["spec"]["initContainers"]
-        assert any(
-            "secretKeyRef" in e.get("valueFrom", {}) for c in init for e in c.get("env", [])
-        ), f"{name}: no init container reads the Secret"
+        assert len(now) == REPLICATED.get(name, 1), name
+        assert not {p["metadata"]["uid"] for p in now} & before[name], f"{name}: not replaced"
+        for pod in now:
+            assert pod["status"]["phase"] == "Running"
+            init = pod["spec"]["initContainers"]
+            assert any(
+                "secretKeyRef" in e.get("valueFrom", {}) for c in init for e in c.get("env", [])
+            ), f"{name}: no init container reads the Secret"
     live = cluster.get_json("-n", NAMESPACE, "rayservice", RAYSERVICE)
     assert live["metadata"]["generation"] == generation + 1
     template = live["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
@@ -324,11 +389,12 @@ def test_rotation_rolls_every_credential_reader(cluster, applied, workdir):
 
 
 def test_fake_node_never_went_not_ready(cluster, applied):
-    """KWOK renewed the node's Lease throughout: a lapse makes the node NotReady and its
+    """KWOK renewed the nodes' Leases throughout: a lapse makes a node NotReady and its
     pods not ready for good (KWOK only readies Pending pods), which once failed CI."""
-    node = cluster.get_json("node", NODE_NAME)
-    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True", ready
+    for name in NODE_NAMES:
+        node = cluster.get_json("node", name)
+        ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", (name, ready)
     events = cluster.get_json("events", "-A")["items"]
     assert not [e for e in events if e.get("reason") == "NodeNotReady"]
 

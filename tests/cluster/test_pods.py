@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from devstack.cluster import build
-from devstack.cluster.control_plane import ControlPlane
+from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
 from devstack.cluster.external import PORTS, External
 from devstack.cluster.node import NODE_IP, Node
 from devstack.config import app_settings
@@ -61,6 +61,25 @@ CPU_REQUESTS = {
     "workerGroupSpecs/0/template/spec/containers/0": "300m",
     "autoscalerOptions": "100m",
 }
+# One node, no Redis image: one worker (the autoscaler test starts from one) and no GCS
+# fault tolerance (its Redis, kuberay/gcs-redis.yaml, has no image on the node), so the
+# head-loss test below measures the head without it. Without it KubeRay no longer sets the
+# head's REDIS_PASSWORD: the head gets it as the workers do.
+GCS_REDIS = "gcs-redis.yaml"
+HEAD_ENV = "/spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/env/-"
+ONE_NODE = [
+    {"op": "remove", "path": "/spec/rayClusterConfig/gcsFaultToleranceOptions"},
+    {
+        "op": "add",
+        "path": HEAD_ENV,
+        "value": {
+            "name": "REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "weather-credentials", "key": "REDIS_PASSWORD"}},
+        },
+    },
+    {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/replicas", "value": 1},
+    {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/minReplicas", "value": 1},
+]
 
 
 @dataclass
@@ -89,9 +108,14 @@ class RealCluster:
 def copy_manifests(work: Path, settings: Settings) -> Path:
     """kuberay/ (serveConfigV2 rendered from the current serve_config.yaml) and
     k8s/external/ with a secrets.env holding the local stack's credentials, plus the test's
-    overlay: endpoints on the bridge, the stack's vhost, CPU requests that fit the node."""
+    overlay: endpoints on the bridge, the stack's vhost, CPU requests that fit the node, and
+    the one-node shape this test measures (ONE_NODE)."""
     shutil.copytree(ROOT / "kuberay", work / "kuberay", ignore=shutil.ignore_patterns("*.py*"))
     (work / "kuberay" / "serve-config.patch.yaml").write_text(serve_patch())
+    kustomization = work / "kuberay" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert f"  - {GCS_REDIS}\n" in text, "kuberay/ no longer lists the GCS Redis"
+    kustomization.write_text(text.replace(f"  - {GCS_REDIS}\n", ""))
     shutil.copytree(ROOT / "k8s" / "external", work / "external")
     secrets_env = {
         "RABBITMQ_USER": settings.rabbitmq_user,
@@ -121,7 +145,7 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
         {"op": "replace", "path": f"{spec}/{where}/resources/requests/cpu", "value": value}
         for where, value in CPU_REQUESTS.items()
     ]
-    patches.append({"target": {"kind": "RayService"}, "patch": json.dumps(cpu)})
+    patches.append({"target": {"kind": "RayService"}, "patch": json.dumps(cpu + ONE_NODE)})
     overlay = work / "overlay"
     overlay.mkdir()
     kustomization = {
@@ -200,8 +224,8 @@ def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         started = time.monotonic()
         plane.up()
-        # KWOK's fake node would take pods that never run: only the real node stays.
-        plane.kubectl("delete", "node", "kwok-node-0")
+        # KWOK's fake nodes would take pods that never run: only the real node stays.
+        plane.kubectl("delete", "node", *NODE_NAMES)
         real.record("control_plane_up_s", round(time.monotonic() - started, 1))
         started = time.monotonic()
         node.up(plane)

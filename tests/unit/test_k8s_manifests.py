@@ -80,11 +80,22 @@ def _ray_containers(rayservice) -> list[dict[str, Any]]:
     return [c for pod in _ray_pod_specs(rayservice) for c in pod["spec"]["containers"]]
 
 
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def _workloads(objects) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in WORKLOADS]
+
+
+def _workload(objects, name: str) -> dict[str, Any]:
+    found = [o for o in _workloads(objects) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one Deployment/StatefulSet {name}, found {len(found)}"
+    return found[0]
+
+
 def _pod_templates(objects) -> list[tuple[str, dict[str, Any]]]:
-    """(owner name, pod template) of every Deployment and Ray group."""
-    out = [
-        (o["metadata"]["name"], o["spec"]["template"]) for o in objects if o["kind"] == "Deployment"
-    ]
+    """(owner name, pod template) of every Deployment, StatefulSet and Ray group."""
+    out = [(o["metadata"]["name"], o["spec"]["template"]) for o in _workloads(objects)]
     for o in objects:
         if o["kind"] == "RayService":
             out += [(o["metadata"]["name"], t) for t in _ray_pod_specs(o)]
@@ -96,11 +107,14 @@ def _config_maps(objects) -> dict[str, dict[str, str]]:
 
 
 def _container_env(container, config_maps) -> dict[str, str | None]:
-    """Env var name -> literal value (None when it comes from a Secret/ConfigMap key ref)."""
+    """Env var name -> literal value (None when it comes from a Secret/ConfigMap key ref); an
+    optional ConfigMap that is not among ``config_maps`` adds nothing."""
     env: dict[str, str | None] = {}
     for source in container.get("envFrom", []):
         ref = source.get("configMapRef")
         assert ref, f"{container['name']}: only configMapRef envFrom is used"
+        if ref.get("optional") and ref["name"] not in config_maps:
+            continue
         env.update(config_maps[ref["name"]])
     for var in container.get("env", []):
         env[var["name"]] = var.get("value")
@@ -109,15 +123,24 @@ def _container_env(container, config_maps) -> dict[str, str | None]:
 
 def test_both_kustomizations_render(infra, kuberay):
     kinds = {o["kind"] for o in infra}
-    assert {"Namespace", "Deployment", "Service", "PersistentVolumeClaim", "Secret"} <= kinds
-    assert {"NetworkPolicy", "ConfigMap"} <= kinds
-    assert {o["kind"] for o in kuberay} == {"RayService", "ConfigMap", "NetworkPolicy"}
+    assert {"Namespace", "Deployment", "StatefulSet", "Service", "Secret"} <= kinds
+    assert {"NetworkPolicy", "ConfigMap", "PodDisruptionBudget", "PersistentVolumeClaim"} <= kinds
+    assert {o["kind"] for o in kuberay} == {
+        "RayService",
+        "ConfigMap",
+        "NetworkPolicy",
+        "StatefulSet",
+        "Service",
+        "PodDisruptionBudget",
+    }
     namespaces = {
         o["metadata"].get("namespace") for o in infra + kuberay if o["kind"] != "Namespace"
     }
     assert namespaces == {_one(infra, "Namespace")["metadata"]["name"]}
     names = {(o["kind"], o["metadata"]["name"]) for o in infra}
-    for app in ("kafka", "rabbitmq", "redis", "valkey", "grafana", "prometheus"):
+    for app in ("kafka", "rabbitmq", "redis", "valkey"):
+        assert ("StatefulSet", app) in names and ("Service", app) in names
+    for app in ("grafana", "prometheus"):
         assert ("Deployment", app) in names and ("Service", app) in names
 
 
@@ -304,7 +327,8 @@ def test_rayservice_cluster_layout(rayservice):
     workers = cluster["workerGroupSpecs"]
     assert workers
     for group in workers:
-        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        # Two at least: losing one machine leaves a Serve proxy and a Gateway.
+        assert 2 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["maxReplicas"] > group["minReplicas"], "autoscaling needs room to grow"
     for group in [head, *workers]:
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
@@ -327,12 +351,13 @@ def test_ray_versions_agree(rayservice):
     assert defaults == [f"rayproject/ray:{ray.__version__}-py311"]
 
 
-def test_ray_containers_env(kuberay, rayservice):
-    """Throughput flags on every Ray container; every other var is one settings reads."""
+def test_ray_containers_env(everything, rayservice):
+    """Throughput flags on every Ray container; every other var is one settings reads
+    (the bundled infrastructure's topology ConfigMap included)."""
     fields = {name.upper() for name in Settings.model_fields}
-    config_maps = _config_maps(kuberay)
+    config_maps = _config_maps(everything)
     for container in _ray_containers(rayservice):
-        env = _container_env(container, config_maps)
+        env = _container_env(container, config_maps) | _set_by_kuberay(rayservice, container)
         assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
         assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
         unknown = {n for n in env if not n.startswith("RAY_") and n not in fields}
@@ -345,6 +370,17 @@ def test_ray_containers_env(kuberay, rayservice):
     head_env = _container_env(head, config_maps)
     assert head_env["RAY_GRAFANA_HOST"] == "http://grafana:3000"
     assert head_env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090"
+
+
+def _set_by_kuberay(rayservice, container) -> dict[str, str | None]:
+    """What the operator adds to the head's Ray container: with GCS fault tolerance the
+    password of its Redis as REDIS_PASSWORD (from a Secret, hence None here)."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    options = cluster.get("gcsFaultToleranceOptions", {})
+    if container is head and "valueFrom" in options.get("redisPassword", {}):
+        return {"REDIS_PASSWORD": None}
+    return {}
 
 
 def test_every_ray_setting_of_the_local_stack_reaches_the_rayservice(kuberay, rayservice):
@@ -448,7 +484,11 @@ def test_no_default_credentials(everything):
             env = {v["name"]: v.get("value") for v in container.get("env", [])}
             assert env.get("GF_AUTH_ANONYMOUS_ENABLED") in (None, "false")
             if container["name"] in ("redis", "valkey"):
-                assert "--aclfile" in container["args"]
+                # The GCS Redis names its ACL file; the tweet stores' store.conf does
+                # (k8s/infra/stores/store.sh, tests/unit/test_k8s_replication.py).
+                assert "--aclfile" in container["args"] or container["args"][1].endswith(
+                    "/store.conf"
+                ), owner
     for service in (o for o in everything if o["kind"] == "Service"):
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
 
@@ -483,7 +523,7 @@ def _has_pvc(template) -> bool:
 
 
 def test_deployments_probes_resources_security(everything):
-    deployments = [o for o in everything if o["kind"] == "Deployment"]
+    deployments = _workloads(everything)
     claims = {o["metadata"]["name"] for o in everything if o["kind"] == "PersistentVolumeClaim"}
     for deployment in deployments:
         name = deployment["metadata"]["name"]
@@ -492,6 +532,7 @@ def test_deployments_probes_resources_security(everything):
         assert spec.get("enableServiceLinks") is False, f"{name}: enableServiceLinks"
         assert spec["securityContext"].get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
         if _has_pvc(template):
+            assert deployment["kind"] == "Deployment", f"{name}: a StatefulSet claims by template"
             assert deployment["spec"]["strategy"]["type"] == "Recreate", f"{name}: Recreate"
             for volume in spec["volumes"]:
                 if "persistentVolumeClaim" in volume:
@@ -503,10 +544,13 @@ def test_deployments_probes_resources_security(everything):
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{name}: {kind}"
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    stateful = {"kafka", "rabbitmq", "redis", "valkey", "grafana", "prometheus"}
-    assert stateful <= {
-        d["metadata"]["name"] for d in deployments if _has_pvc(d["spec"]["template"])
+    keeps_data = {
+        d["metadata"]["name"]
+        for d in deployments
+        if _has_pvc(d["spec"]["template"]) or d["spec"].get("volumeClaimTemplates")
     }
+    assert {"kafka", "rabbitmq", "redis", "valkey", "grafana", "prometheus"} <= keeps_data
+    assert "ray-gcs-redis" in keeps_data
 
 
 def test_ray_pods_resources_and_security(rayservice):
@@ -558,11 +602,16 @@ def test_every_address_in_env_is_a_service_port(everything):
         for o in everything
         if o["kind"] == "Service"
     }
+    # A StatefulSet's pods by their stable names: <name>-<index>.<its headless Service>.
+    for statefulset in (o for o in everything if o["kind"] == "StatefulSet"):
+        name, spec = statefulset["metadata"]["name"], statefulset["spec"]
+        for index in range(spec["replicas"]):
+            services[f"{name}-{index}.{spec['serviceName']}"] = services[spec["serviceName"]]
     config_maps = _config_maps(everything)
     seen = []
     sources: list[tuple[str, dict[str, str | None]]] = []
     for owner, template in _pod_templates(everything):
-        for container in template["spec"]["containers"]:
+        for container in _all_containers(template):
             sources.append((owner, _container_env(container, config_maps)))
     datasources = (INFRA / "grafana/provisioning/datasources/datasources.yaml").read_text()
     sources.append(
@@ -600,23 +649,38 @@ def test_network_policies(everything, rayservice):
                 return False
         return True
 
-    def allowed_peers(app: str) -> list[dict[str, str]]:
+    def peer_names(selector: dict[str, Any]) -> set[str]:
+        """The pods a `from` podSelector admits: "ray" for the Ray pods, else app names."""
+        if selector.get("matchLabels") == RAY_LABELS:
+            return {"ray"}
+        if "matchLabels" in selector:
+            assert set(selector["matchLabels"]) == {"app.kubernetes.io/name"}, selector
+            return {selector["matchLabels"]["app.kubernetes.io/name"]}
+        (expr,) = selector["matchExpressions"]
+        assert (expr["key"], expr["operator"]) == ("app.kubernetes.io/name", "In"), expr
+        return set(expr["values"])
+
+    def allowed_peers(app: str) -> set[str]:
         labels = {"app.kubernetes.io/name": app}
-        peers = []
+        peers: set[str] = set()
         for policy in policies:
             if policy in deny or not selected(policy, labels):
                 continue
             for rule in policy["spec"].get("ingress", []):
                 assert rule.get("from"), f"{policy['metadata']['name']}: open to everyone"
-                peers += [p["podSelector"]["matchLabels"] for p in rule["from"]]
+                for peer in rule["from"]:
+                    peers |= peer_names(peer["podSelector"])
         return peers
 
+    # The app, and each cluster's own members (replication, quorum, clustering).
     for broker in ("kafka", "rabbitmq"):
-        assert allowed_peers(broker) and all(p == RAY_LABELS for p in allowed_peers(broker))
+        assert allowed_peers(broker) == {"ray", broker}
     for store in ("redis", "valkey"):
-        peers = allowed_peers(store)
-        assert RAY_LABELS in peers and {"app.kubernetes.io/name": "grafana"} in peers
-        assert all(p in (RAY_LABELS, {"app.kubernetes.io/name": "grafana"}) for p in peers)
+        sentinels = {"redis-sentinel", "valkey-sentinel"}
+        assert {"ray", "grafana", store, f"{store}-sentinel"} <= allowed_peers(store)
+        assert allowed_peers(store) <= {"ray", "grafana", "redis", "valkey"} | sentinels
+        assert allowed_peers(f"{store}-sentinel") == {"ray", "redis", "valkey"} | sentinels
+    assert allowed_peers("ray-gcs-redis") == {"ray"}, "the GCS Redis: the Ray pods only"
     # Prometheus reaches the Ray metrics port.
     ray_policies = [
         p for p in policies if p["spec"]["podSelector"].get("matchLabels") == RAY_LABELS
@@ -710,7 +774,7 @@ def test_no_credential_on_a_command_line(everything):
 
 
 def _init_container(infra, deployment: str, name: str) -> dict[str, Any]:
-    template = _one(infra, "Deployment", deployment)["spec"]["template"]
+    template = _workload(infra, deployment)["spec"]["template"]
     return next(c for c in template["spec"]["initContainers"] if c["name"] == name)
 
 
@@ -764,7 +828,7 @@ def test_rabbitmq_app_user_is_least_privilege(infra, kuberay, tmp_path):
 
 
 def test_rabbitmq_imports_the_definitions_at_every_boot(infra):
-    deployment = _one(infra, "Deployment", "rabbitmq")["spec"]["template"]["spec"]
+    deployment = _workload(infra, "rabbitmq")["spec"]["template"]["spec"]
     server = deployment["containers"][0]
     assert not {v["name"] for v in server.get("env", [])} & {
         "RABBITMQ_DEFAULT_USER",
@@ -780,6 +844,7 @@ def test_rabbitmq_imports_the_definitions_at_every_boot(infra):
     }
     assert mounts["/etc/rabbitmq/conf.d/20-weather.conf"]["subPath"] == "20-weather.conf"
     assert mounts["/etc/rabbitmq/conf.d/10-memory.conf"]["subPath"] == "10-memory.conf"
+    assert mounts["/etc/rabbitmq/conf.d/30-cluster.conf"]["subPath"] == "30-cluster.conf"
     volumes = {v["name"]: v for v in deployment["volumes"]}
     assert volumes[mounts[str(Path(path).parent)]["name"]]["emptyDir"]["medium"] == "Memory"
 

@@ -60,16 +60,23 @@ def test_every_ray_container_reads_only_settings_and_its_secrets_exist(objects):
     fields = {name.upper() for name in Settings.model_fields}
     config = _one(objects, "ConfigMap")["data"]
     keys = _secret_keys()
+    cluster = _one(objects, "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    # With GCS fault tolerance KubeRay sets the head's REDIS_PASSWORD itself, from this ref.
+    gcs_password = cluster.get("gcsFaultToleranceOptions", {}).get("redisPassword", {})
     for pod in _ray_pods(objects):
         container = pod["containers"][0]
-        names = set(config) | {v["name"] for v in container["env"]}
+        set_by_kuberay = {}
+        if container is head and "valueFrom" in gcs_password:
+            set_by_kuberay = {"REDIS_PASSWORD": gcs_password["valueFrom"]["secretKeyRef"]}
+        names = set(config) | {v["name"] for v in container["env"]} | set(set_by_kuberay)
         unknown = {n for n in names if not n.startswith("RAY_") and n not in fields}
         assert not unknown, f"settings does not read {sorted(unknown)}"
         refs = {
             v["name"]: v["valueFrom"]["secretKeyRef"]
             for v in container["env"]
             if "secretKeyRef" in v.get("valueFrom", {})
-        }
+        } | set_by_kuberay
         for secret in ("KAFKA_SASL_PASSWORD", "RABBITMQ_PASSWORD", "REDIS_PASSWORD"):
             assert secret in refs, f"{secret} must come from the Secret"
         for ref in refs.values():
