@@ -18,7 +18,7 @@ from pathlib import Path
 
 from devstack.config import LOCALHOST, app_settings, stack_config
 from devstack.servers.base import Server, StackError, run_async
-from devstack.servers.kafka import Kafka
+from devstack.servers.kafka import Kafka, _cluster_id
 from devstack.servers.rabbitmq import Epmd, RabbitMQ, rabbitmq_conf
 from devstack.servers.resp import Redis, Valkey, _RespServer
 
@@ -109,8 +109,6 @@ class KafkaBroker(Kafka):
         ``--standalone``); a broker whose directory was wiped is formatted again, empty."""
         cid_file = stack_config.state_dir / "kafka-cluster.id"
         if not cid_file.exists():
-            from devstack.servers.kafka import _cluster_id
-
             cid_file.write_text(_cluster_id())
         cmd = [*self._java(), "kafka.tools.StorageTool", "format", "--ignore-formatted",
                "-t", cid_file.read_text().strip(), "-c", str(props)]  # fmt: skip
