@@ -242,8 +242,13 @@ class BatchConfig(BaseModel):
     max_writes_in_flight: int = Field(default=1, ge=1)
     """Writes to the brokers at once; arrivals meanwhile join the next write."""
     linger_s: float = Field(default=0.005, ge=0)
-    """How long a write waits for more requests before it goes: with 10 ms the stack's CPU
-    per tweet was 16-22 % below ``serve.batch``'s (docs/results/2026-12-01-bench.md)."""
+    """The longest a write waits for more requests before it goes; it goes sooner, once the
+    replica's loop turned ``QUIET_TURNS`` times without a new request (nothing else to read)."""
+
+
+QUIET_TURNS = 3
+"""Loop turns in a row without a new request that end a write's linger: a request's last
+steps before it joins (its body read, parsed) take a turn or two each."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,9 @@ class Coalescer:
 
     A publish starts as soon as one of ``max_in_flight`` slots is free and carries every
     request that arrived meanwhile (whole requests, at most ``max_tweets`` tweets), after
-    waiting ``linger_s`` for more. Under light load a request goes out at once; under
+    lingering while more keep coming: one loop turn at a time, until ``quiet_turns`` turns
+    in a row brought none (the loop had nothing else to read), ``max_tweets`` are waiting,
+    or ``linger_s`` passed. Under light load a request goes out at once; under
     heavy load a write grows with the queue. So the per-write costs (two handle calls, two
     broker round trips, the consumers' per-message work) are shared by as many tweets as
     the load allows at every rate. A timer-closed batch (``serve.batch``) instead sends a
@@ -273,10 +280,14 @@ class Coalescer:
         max_tweets: int,
         max_in_flight: int = 1,
         linger_s: float = 0.0,
+        quiet_turns: int = QUIET_TURNS,
     ) -> None:
         self._publish = publish
         self.configure(max_tweets, max_in_flight, linger_s)
+        self.quiet_turns = quiet_turns
         self._waiting: deque[_Waiting] = deque()
+        self._arrivals = 0  # requests submitted so far (the linger watches it move)
+        self._queued = 0  # tweets waiting, abandoned ones included until they are skipped
         self._in_flight = 0
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -295,6 +306,8 @@ class Coalescer:
         before its tweets were taken leaves them out of every write."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(tweets, done))
+        self._arrivals += 1
+        self._queued += len(tweets)
         self._start_writes()
         await done
 
@@ -317,18 +330,36 @@ class Coalescer:
         while self._waiting:
             head = self._waiting[0]
             if head.done.done():
-                self._waiting.popleft()
+                self._queued -= len(self._waiting.popleft().tweets)
                 continue
             if taken and size + len(head.tweets) > self.max_tweets:
                 break
             taken.append(self._waiting.popleft())
             size += len(head.tweets)
+        self._queued -= size
         return taken
+
+    async def _linger(self) -> None:
+        """Let more requests join while the loop keeps bringing them: one turn at a time
+        (each turn reads what the sockets hold and runs what is ready), ending after
+        ``quiet_turns`` turns in a row with no new request, at ``max_tweets`` waiting, or
+        after ``linger_s``. A lone request waits a few idle turns (µs), not ``linger_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_s
+        quiet, seen = 0, self._arrivals
+        while quiet < self.quiet_turns and self._queued < self.max_tweets:
+            await asyncio.sleep(0)
+            if self._arrivals != seen:
+                quiet, seen = 0, self._arrivals
+            else:
+                quiet += 1
+            if loop.time() >= deadline:
+                return
 
     async def _write(self) -> None:
         try:
             if self.linger_s:
-                await asyncio.sleep(self.linger_s)
+                await self._linger()
             taken = self._take()
             if taken:
                 await self._publish_for(taken)

@@ -145,14 +145,58 @@ async def test_max_in_flight_bounds_concurrent_writes() -> None:
     assert publish.writes[2:] == [["c-0", "d-0"]]
 
 
-async def test_linger_gathers_requests_that_arrive_within_it() -> None:
+async def trickle(coalescer: Coalescer, prefixes: str, turns_apart: int) -> list[asyncio.Task]:
+    """Requests submitted ``turns_apart`` loop turns after one another (a busy loop)."""
+    calls = []
+    for p in prefixes:
+        calls.append(asyncio.create_task(coalescer.submit(tweets(1, p))))
+        for _ in range(turns_apart):
+            await asyncio.sleep(0)
+    return calls
+
+
+async def test_linger_gathers_requests_while_the_loop_keeps_bringing_them() -> None:
     publish = GatedPublish(gated=False)
-    coalescer = Coalescer(publish, max_tweets=1000, linger_s=0.05)
-    first = asyncio.create_task(coalescer.submit(tweets(1, "a")))
-    await asyncio.sleep(0.01)
-    second = asyncio.create_task(coalescer.submit(tweets(1, "b")))
-    await asyncio.wait_for(asyncio.gather(first, second), 1)
-    assert [sorted(w) for w in publish.writes] == [["a-0", "b-0"]]
+    coalescer = Coalescer(publish, max_tweets=1000, linger_s=5.0, quiet_turns=3)
+    calls = await trickle(coalescer, "abcdef", turns_apart=2)
+    await asyncio.wait_for(asyncio.gather(*calls), 1)
+    assert [sorted(w) for w in publish.writes] == [["a-0", "b-0", "c-0", "d-0", "e-0", "f-0"]]
+
+
+async def test_linger_ends_when_the_loop_has_nothing_else_to_read() -> None:
+    """Not the whole ``linger_s``: a request alone goes after a few idle turns, and one that
+    comes after the loop went quiet is the next write's."""
+    publish = GatedPublish(gated=False)
+    coalescer = Coalescer(publish, max_tweets=1000, linger_s=5.0, quiet_turns=3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(coalescer.submit(tweets(1, "a")), 1)
+    assert loop.time() - started < 0.5
+    calls = await trickle(coalescer, "bc", turns_apart=6)
+    await asyncio.wait_for(asyncio.gather(*calls), 1)
+    assert publish.writes == [["a-0"], ["b-0"], ["c-0"]]
+
+
+async def test_linger_never_outlasts_linger_s_or_max_tweets() -> None:
+    publish = GatedPublish(gated=False)
+    coalescer = Coalescer(publish, max_tweets=1000, linger_s=0.02, quiet_turns=3)
+    calls: list[asyncio.Task] = []
+
+    async def busy() -> None:  # a request every turn until the first write went
+        for i in range(100_000):
+            if publish.writes:
+                return
+            calls.append(asyncio.create_task(coalescer.submit(tweets(1, f"r{i}."))))
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(busy(), 2)
+    assert publish.writes and len(publish.writes[0]) > 1  # it went while requests kept coming
+    await asyncio.wait_for(asyncio.gather(*calls), 2)
+    capped = GatedPublish(gated=False)
+    full = Coalescer(capped, max_tweets=4, linger_s=5.0, quiet_turns=50)
+    calls = await trickle(full, "abcdefgh", turns_apart=1)
+    await asyncio.wait_for(asyncio.gather(*calls), 1)
+    assert [len(w) for w in capped.writes] == [4, 4]  # it went once 4 were waiting
 
 
 async def test_configure_applies_to_the_next_write_and_refuses_nonsense() -> None:
