@@ -142,13 +142,16 @@ class Envelope:
 
 class DeadLetterSink(Protocol[Origin]):
     """A broker's dead letters: ``envelope`` flattens a letter (pure, never raises);
-    ``identity`` names the message it came from the same on every redelivery ("" when the
-    broker gives none); ``send`` publishes envelopes, confirmed (a letter the broker did not
-    route or refused is a failure), within the sink's own deadline."""
+    ``identity`` names the message it came from, unique and the same on every redelivery
+    (None when the broker has no such name; ``redelivered`` then says whether the message
+    may have been seen before); ``send`` publishes envelopes, confirmed (a letter the broker
+    did not route or refused is a failure), within the sink's own deadline."""
 
     def envelope(self, letter: DeadLetter[Origin]) -> Envelope: ...
 
-    def identity(self, origin: Origin) -> str: ...
+    def identity(self, origin: Origin) -> str | None: ...
+
+    def redelivered(self, origin: Origin) -> bool: ...
 
     async def send(self, envelopes: Sequence[Envelope]) -> None: ...
 

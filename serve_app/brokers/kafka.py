@@ -362,8 +362,12 @@ class KafkaDeadLetters:
         self.timeout_s = settings.publish_timeout_s
 
     def identity(self, origin: Record) -> str:
-        """A record's place: the same on every redelivery."""
+        """A record's place: unique, and the same on every redelivery."""
         return f"{origin.topic}/{origin.partition}/{origin.offset}"
+
+    def redelivered(self, origin: Record) -> bool:
+        """Never asked: a record always has its identity."""
+        return True
 
     def envelope(self, letter: DeadLetter[Record]) -> Envelope:
         record = letter.origin

@@ -320,9 +320,13 @@ class RabbitDeadLetters:
             )
         return self._exchange
 
-    def identity(self, origin: Message) -> str:
-        """The publisher's message id, the one thing a redelivery keeps ("" without)."""
-        return origin.message_id or ""
+    def identity(self, origin: Message) -> None:
+        """None: a message id is the publisher's, not unique (any client may reuse one)."""
+        return None
+
+    def redelivered(self, origin: Message) -> bool:
+        """The broker's flag: this message may have been delivered before."""
+        return bool(origin.redelivered)
 
     def envelope(self, letter: DeadLetter[Message]) -> Envelope:
         """The original headers (as bounded text), id and reason; nothing taken from the

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -66,7 +67,14 @@ from serve_app.model.metrics import (
 )
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
-from serve_app.store.core import CountedTweet, Displaced, LetterOrigins, OutboxLetter, RecordResult
+from serve_app.store.core import (
+    CountedTweet,
+    Displaced,
+    LetterOrigins,
+    OutboxLetter,
+    PoisonLetter,
+    RecordResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +113,7 @@ class TweetRecorder(Protocol):
         self, tweets: Sequence[CountedTweet], origins: LetterOrigins = ...
     ) -> RecordResult: ...
 
-    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int: ...
+    async def put_poison(self, letters: Sequence[PoisonLetter]) -> int: ...
 
     async def outbox(self, limit: int) -> list[OutboxLetter]: ...
 
@@ -176,7 +184,7 @@ class ConsumerCore(Generic[Origin]):
         tweets: list[Tweet] = []
         templates: list[str] = []
         of_tweet: list[int] = []
-        poison: list[OutboxLetter] = []
+        poison: list[PoisonLetter] = []
         for delivery in deliveries:
             decoded = decode_message(delivery.body)
             if decoded.tweets:
@@ -221,17 +229,26 @@ class ConsumerCore(Generic[Origin]):
 
     def _poison_letter(
         self, delivery: Delivery[Origin], index: int, letter: DeadLetter[Origin]
-    ) -> OutboxLetter:
-        """The ``index``-th poison of a message, under an id its redelivery has too: the
-        sink's identity of the message (a Kafka offset, an AMQP message id) and a hash of
-        its body."""
-        try:
-            identity = safe_text(self.dead_letters.identity(delivery.origin), 512)
-        except Exception:
-            identity = ""
+    ) -> PoisonLetter:
+        """The ``index``-th poison of a message, written once however often the message is
+        redelivered. With the sink's identity of the message (a Kafka offset), the letter id
+        is that identity, its body's hash and ``index``. Without one (RabbitMQ), the first
+        delivery's letter gets an id of its own and marks the body's hash and ``index``, and
+        a redelivery writes a letter only if no such mark exists."""
+        entry = self._envelope(letter).to_json()
         digest = hashlib.blake2b(delivery.body, digest_size=8).hexdigest()
-        letter_id = f"poison:{identity}:{digest}:{index}"
-        return OutboxLetter(letter_id, self._envelope(letter).to_json())
+        try:
+            identity = self.dead_letters.identity(delivery.origin)
+            redelivered = self.dead_letters.redelivered(delivery.origin)
+        except Exception:
+            identity, redelivered = None, True
+        if identity is not None:
+            letter_id = f"poison:{safe_text(identity, 512)}:{digest}:{index}"
+            return PoisonLetter(letter_id, letter_id, entry)
+        marker = f"{digest}:{index}"
+        if redelivered:
+            return PoisonLetter(marker, f"poison:{marker}", entry)
+        return PoisonLetter(marker, f"poison:{marker}:{uuid.uuid4().hex}", entry, always=True)
 
     async def record_skipped(self, skipped: Sequence[Skipped]) -> None:
         """Count skipped ranges in the store before anything after them is committed."""
@@ -345,6 +362,7 @@ class OutboxDrain(Generic[Origin]):
             self.pending = await self.store.remove_letters(self._confirmed)
             self._confirmed = []
         if not await self.store.claim_drainer(self.owner, self.lease_s):
+            self.pending = await self.store.remove_letters(())  # another consumer drains
             return self._succeeded(DRAIN_IDLE_S)
         letters = bounded(await self.store.outbox(self.batch))
         if not letters:

@@ -27,6 +27,7 @@ from serve_app.store.core import (
     Displaced,
     LetterOrigins,
     OutboxLetter,
+    PoisonLetter,
     RecordResult,
     merge_results,
 )
@@ -140,16 +141,23 @@ return {new, duplicates, refused, displaced}
 """
 )
 
-# Poison letters, put in the outbox before their message is acked: each letter id once
-# (its marker, kept like a seen id), however often its message is redelivered.
-# KEYS: outbox, order; ARGV: ttl, marker prefix, then letter id and entry pairs.
+# Poison letters, put in the outbox before their message is acked, each once however often
+# its message is redelivered: written only if its marker (kept like a seen id) is new, or,
+# for a message seen for the first time that has no identity a redelivery keeps (RabbitMQ),
+# written always and its marker set (so a redelivery of it finds the marker).
+# KEYS: outbox, order; ARGV: ttl, marker prefix, then (marker, letter id, entry, always)
+# for each letter.
 _PUT_POISON_LUA = (
     _PUT_LETTER_LUA
     + """
-local written = 0
-for i = 3, #ARGV, 2 do
-  if redis.call('SET', ARGV[2] .. ARGV[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
-    put_letter(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1])
+local ttl, written = tonumber(ARGV[1]), 0
+for i = 3, #ARGV, 4 do
+  local marker, always = ARGV[2] .. ARGV[i], ARGV[i + 3] == '1'
+  if always then
+    redis.call('SET', marker, '1', 'EX', ttl)
+  end
+  if always or redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
+    put_letter(KEYS[1], KEYS[2], ARGV[i + 1], ARGV[i + 2])
     written = written + 1
   end
 end
@@ -466,14 +474,14 @@ class TweetStore:
             tuple(Displaced.of(int(by), id_, seen) for by, id_, seen in displaced),
         )
 
-    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int:
-        """Put poison letters in the outbox, each letter id once (a redelivered message
-        writes nothing again); returns how many were new."""
+    async def put_poison(self, letters: Sequence[PoisonLetter]) -> int:
+        """Put poison letters in the outbox, each once (a redelivered message writes
+        nothing again, :class:`PoisonLetter`); returns how many were written."""
         if not letters:
             return 0
         args: list[Any] = [self._ttl, KEYS.poison_prefix]
         for letter in letters:
-            args += [letter.id, letter.entry]
+            args += [letter.marker, letter.id, letter.entry, int(letter.always)]
         keys = [KEYS.dead_letter_outbox, KEYS.dead_letter_order]
         return int(await self._put_poison(keys=keys, args=args))
 

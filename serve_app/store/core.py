@@ -227,6 +227,19 @@ class OutboxLetter:
     entry: str
 
 
+@dataclass(frozen=True)
+class PoisonLetter:
+    """A poison letter to put in the outbox once: written if ``marker`` (after
+    ``poison_prefix``) is new, or ``always`` (its marker then set), for the first delivery of
+    a message whose broker gives no identity a redelivery keeps: identical messages are
+    then separate letters, and a redelivery of one finds its marker."""
+
+    marker: str
+    id: str
+    entry: str
+    always: bool = False
+
+
 def conflict_letter_id(tweet_id: str, fingerprint: str) -> str:
     """The letter of the loser ``fingerprint`` of ``tweet_id``: one per (id, content)."""
     return f"{tweet_id}:{fingerprint}"

@@ -24,7 +24,7 @@ from serve_app.brokers.rabbitmq import RabbitDeadLetters, dead_letter_queue_argu
 from serve_app.consume.core import ID_CONFLICT, outbox_envelope
 from serve_app.model.schema import Tweet
 from serve_app.store.client import TweetStore
-from serve_app.store.core import KEYS, CountedTweet, LetterOrigins, OutboxLetter
+from serve_app.store.core import KEYS, CountedTweet, LetterOrigins, PoisonLetter
 
 settings = app_settings()
 TEST_DB = 15
@@ -67,9 +67,17 @@ async def test_the_outbox_keeps_each_letter_once_until_it_is_removed(name: str) 
         first = await store.record_batch([loser], origins)
         again = await store.record_batch([loser], origins)  # the retry after a lost answer
         assert first.refused == again.refused == (0,)
-        poison = OutboxLetter("poison:t/0/7:ab:0", Envelope.of(b"\xff", "undecodable").to_json())
+        entry = Envelope.of(b"\xff", "undecodable").to_json()
+        poison = PoisonLetter("t/0/7:ab:0", "poison:t/0/7:ab:0", entry)
         assert await store.put_poison([poison]) == 1
         assert await store.put_poison([poison]) == 0  # the message redelivered
+        # a message without identity (RabbitMQ): identical ones seen for the first time are
+        # each a letter; a redelivery finds the mark
+        first = PoisonLetter("cd:0", "poison:cd:0:one", entry, always=True)
+        second = PoisonLetter("cd:0", "poison:cd:0:two", entry, always=True)
+        redelivery = PoisonLetter("cd:0", "poison:cd:0", entry)
+        assert await store.put_poison([first, second, redelivery]) == 2
+        assert await store.remove_letters([first.id, second.id]) == 1
         legacy = Envelope.of(b"old", "invalid tweet").to_json()
         await store.client.rpush(KEYS.parked_dead_letters, legacy)
         assert (await store.read_stats())["parked_dead_letters"] == 3

@@ -35,6 +35,7 @@ from serve_app.store.core import (
     Displaced,
     LetterOrigins,
     OutboxLetter,
+    PoisonLetter,
     RecordResult,
     conflict_letter_id,
     marker,
@@ -121,13 +122,16 @@ class FakeStore:
     def _bump(self, country: str, delta: int) -> None:
         self.counts[country] = self.counts.get(country, 0) + delta
 
-    async def put_poison(self, letters: Sequence[OutboxLetter]) -> int:
+    async def put_poison(self, letters: Sequence[PoisonLetter]) -> int:
         self.calls.append("poison")
-        new = [letter for letter in letters if letter.id not in self.markers]
-        for letter in new:
-            self.markers.add(letter.id)
-            self.outbox_entries[letter.id] = letter.entry
-        return len(new)
+        written = 0
+        for letter in letters:
+            marker = f"poison:{letter.marker}"
+            if letter.always or marker not in self.markers:
+                self.markers.add(marker)
+                self.outbox_entries[letter.id] = letter.entry
+                written += 1
+        return written
 
     async def outbox(self, limit: int) -> list[OutboxLetter]:
         return [OutboxLetter(i, e) for i, e in list(self.outbox_entries.items())[:limit]]
@@ -162,8 +166,11 @@ class FakeDeadLetters:
     def envelope(self, letter: DeadLetter[str]) -> Envelope:
         return Envelope.of(letter.body, letter.reason, letter.id, [("x-origin", letter.origin)])
 
-    def identity(self, origin: str) -> str:
+    def identity(self, origin: str) -> str | None:
         return origin
+
+    def redelivered(self, origin: str) -> bool:
+        return True
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
         self.calls.append("dead-letters")

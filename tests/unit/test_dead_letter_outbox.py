@@ -255,3 +255,27 @@ def test_an_outbox_entry_of_any_shape_becomes_an_envelope() -> None:
     assert outbox_envelope("not json").reason == "unreadable outbox entry"
     parked = Envelope.of(b"old", "invalid tweet", "t-3").to_json()
     assert outbox_envelope(parked) == Envelope.of(b"old", "invalid tweet", "t-3")
+
+
+class RabbitLikeSink(FakeDeadLetters):
+    """A broker with no message identity a redelivery keeps; ``origin`` "r:..." is a
+    redelivery (RabbitMQ's flag)."""
+
+    def identity(self, origin: str) -> str | None:
+        return None
+
+    def redelivered(self, origin: str) -> bool:
+        return origin.startswith("r:")
+
+
+async def test_identical_rabbitmq_poison_is_a_letter_each_and_a_redelivery_none() -> None:
+    """Two byte-identical poison messages (no message identity) are two letters; the
+    redelivery of one after a crash before its ack adds none."""
+    store = FakeStore()
+    sink = RabbitLikeSink([])
+    consumer = new_core(store, sink)
+    await consumer.handle([Delivery(b"\xff same", "m1")])
+    await consumer.handle([Delivery(b"\xff same", "m2")])
+    await consumer.handle([Delivery(b"\xff same", "r:m1")])
+    await drain(store, sink)
+    assert [e.body for e in sink.sent] == [b"\xff same", b"\xff same"]
