@@ -1,7 +1,8 @@
 """The dead-letter sinks fail for a while under id conflicts and poison: the RabbitMQ
 dead-letter queue is unbound from its exchange (every `mandatory` publish comes back) and
-the Kafka dead-letter topic refuses every write (its `min.insync.replicas` above its
-replication). The letters must wait in the stores' outboxes (visible as parked), survive
+the Kafka dead-letter topic refuses every write at once (its `max.message.bytes` below any
+record: a definite refusal, never a write that lands after the send timed out). The letters
+must wait in the stores' outboxes (visible as parked), survive
 the consumer actors killed while they wait, and go out once each when the sinks are back:
 the round's judge counts the dead letters exactly."""
 
@@ -93,8 +94,7 @@ async def mend_sinks(kafka_overrides: dict[str, str]) -> None:
 
 
 async def break_sinks(kafka_overrides: dict[str, str]) -> None:
-    refusing = str(settings.kafka_replication_factor + 1)
-    await set_kafka_dead_letter_overrides({**kafka_overrides, "min.insync.replicas": refusing})
+    await set_kafka_dead_letter_overrides({**kafka_overrides, "max.message.bytes": "1"})
     await bind_rabbitmq_dead_letters(False)
 
 

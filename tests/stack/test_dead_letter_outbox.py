@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from redis.asyncio.sentinel import Sentinel
 
 from devstack.config import app_settings
 from serve_app.brokers.base import Envelope
@@ -39,15 +40,20 @@ def counted(tweet_id: str, text: str) -> CountedTweet:
 
 @contextlib.asynccontextmanager
 async def isolated_store(name: str) -> AsyncIterator[TweetStore]:
-    """The real ``name`` server, in database :data:`TEST_DB`, emptied before and after."""
-    client = aioredis.Redis(
-        host=getattr(settings, f"{name}_host"),
-        port=getattr(settings, f"{name}_port"),
-        username=getattr(settings, f"{name}_username") or None,
-        password=getattr(settings, f"{name}_password").get_secret_value() or None,
-        db=TEST_DB,
-        decode_responses=True,
-    )
+    """The real ``name`` server (its primary, on the replicated topology), in database
+    :data:`TEST_DB`, emptied before and after."""
+    login = {
+        "username": getattr(settings, f"{name}_username") or None,
+        "password": getattr(settings, f"{name}_password").get_secret_value() or None,
+        "db": TEST_DB,
+        "decode_responses": True,
+    }
+    if sentinels := settings.sentinels(name):
+        master = getattr(settings, f"{name}_sentinel_master")
+        client = Sentinel(sentinels).master_for(master, **login)
+    else:
+        host, port = getattr(settings, f"{name}_host"), getattr(settings, f"{name}_port")
+        client = aioredis.Redis(host=host, port=port, **login)
     await client.flushdb()
     try:
         yield TweetStore(client, settings)
