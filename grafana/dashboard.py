@@ -364,7 +364,7 @@ def _pipeline_panels() -> list[timeseries.Panel]:
             "cps",
         ),
         _gauge_panel(
-            "Ingest refusing (admission control), per broker",
+            "Ingest refusing (admission control), per broker or store",
             metrics.ADMISSION_REFUSING,
             ("broker",),
         ),

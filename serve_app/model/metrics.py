@@ -92,7 +92,8 @@ ADMISSION_REFUSING = Metric(
     "weather_ingest_refusing",
     "gauge",
     "1 while a Gateway replica refuses new tweets (503) because a broker's undrained "
-    "backlog is near what the broker keeps, or unknown; else 0 (set once per second).",
+    "backlog is near what the broker keeps, or unknown, or (broker=redis, valkey) a store "
+    "is near its maxmemory; else 0 (set once per second).",
     ("broker",),
 )
 PARKED_DEAD_LETTERS = Metric(
