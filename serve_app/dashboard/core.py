@@ -288,6 +288,7 @@ def build_dashboard_app(
     sample_in_background: bool = True,
     events_per_stream: int = EVENTS_PER_STREAM,
     ids_check: TokenCheck | None = None,
+    admin_routes: Sequence[Route] = (),
 ) -> Starlette:
     """``GET /`` page, ``/static`` and ``/vendor/plotly`` assets, ``GET /api/snapshot``,
     ``GET /api/events``. With ``sample_in_background`` the app's lifespan runs the core's
@@ -342,6 +343,7 @@ def build_dashboard_app(
             Route("/", page, methods=["GET"]),
             Route("/api/snapshot", snapshot, methods=["GET"]),
             Route("/api/events", events, methods=["GET"]),
+            *admin_routes,  # serve_app.dashboard.admin: authenticated, the app stays Ray-free
             Mount("/static", StaticFiles(packages=[("serve_app.dashboard", "static")])),
             Mount("/vendor/plotly", StaticFiles(packages=[("plotly", "package_data")])),
         ],

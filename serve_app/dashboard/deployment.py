@@ -17,10 +17,12 @@ from ray import serve
 from ray.serve.schema import ServeStatus
 from starlette.applications import Starlette
 
+from serve_app.dashboard.admin import repair_routes
 from serve_app.dashboard.core import DashboardCore, build_dashboard_app
 from serve_app.dashboard.sources import build_core_from_settings
 from serve_app.runtime import ray_metrics, ray_token_check
 from serve_app.settings import Settings
+from serve_app.store.repair import open_marker_stores
 
 REPLICAS_MAX_AGE_S = 5.0
 """How long the dashboard shows one reading of the replica counts."""
@@ -73,9 +75,12 @@ class Dashboard:
     """One replica: it samples once per second and serves every open page from that sample."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.core: DashboardCore = build_core_from_settings(
             settings, ServeReplicaCounts(), ray_metrics()
         )
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_dashboard_app(self.core, ids_check=ray_token_check())
+        check = ray_token_check()
+        admin = repair_routes(lambda: open_marker_stores(self.settings), check)
+        return build_dashboard_app(self.core, admin_routes=admin, ids_check=check)
