@@ -3,9 +3,11 @@
     weather send tweets.jsonl [--via rest|ws|grpc] [--batch 500] [--deadline 120]
     weather stats [--json]
     weather verify [--wait 60]
+    weather repair [--into redis|valkey|both] [--prefix ID] [--apply]
 
-Exit codes: 0 all good; 1 some tweets not accepted (refused, or the deadline passed) or the
-stores differ; 2 bad usage or an unreadable input.
+Exit codes: 0 all good; 1 some tweets not accepted (refused, or the deadline passed), the
+stores differ, or a repair left something alone or could not run; 2 bad usage or an
+unreadable input.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any
 
 import click
+import httpx
 
 from weather_client.client import DEFAULT_URL, VIAS, AsyncClient
 from weather_client.errors import NotAccepted, TweetFileError, WeatherClientError
+from weather_client.repair import ProgressLine, RepairError, exit_code, find_token, query
+from weather_client.repair import render_report as render_repair
+from weather_client.repair import run as run_repair
 from weather_client.result import SendResult
 from weather_client.retry import RetryPolicy
 from weather_client.tweets import DEFAULT_BATCH_TWEETS, Tweet, read_json_lines
@@ -189,3 +195,55 @@ def render_verdict(verdict: Verdict) -> str:
             f"ok: both stores counted {total} tweets alike (checked after {verdict.waited_s:.1f} s)"
         )
     return "\n".join(["the stores do not agree:", *(f"  {p}" for p in verdict.problems())])
+
+
+INTO_HELP = "The store that may be short (counted from the other)"
+MIN_TTL_HELP = "Leave alone markers expiring within this many seconds [server: 43200]"
+CLEAR_HELP = "With --prefix: the prefix covers every skipped tweet, so clear the skip report"
+TOKEN_HELP = "The Ray cluster's token [RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token]"
+
+
+@main.command()
+@url_option
+@click.option("--into", type=click.Choice(["redis", "valkey", "both"]), default="both",
+              show_default=True, help=INTO_HELP)  # fmt: skip
+@click.option("--prefix", default="", help="Only ids starting with this")
+@click.option("--apply", is_flag=True, help="Count what the dry run lists (default: dry run)")
+@click.option("--min-ttl", type=click.IntRange(0), default=None, help=MIN_TTL_HELP)
+@click.option("--clear-skip-report", is_flag=True, help=CLEAR_HELP)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, help=TOKEN_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON")
+def repair(url: str, into: str, prefix: str, apply: bool, min_ttl: int | None,
+           clear_skip_report: bool, token_file: str | None, as_json: bool) -> None:  # fmt: skip
+    """Count into a short store the tweets the other store counted (by their id markers).
+
+    A dry run unless --apply: it lists, per direction, the ids the target lacks and their
+    counts by country and weather. Applying sets each missing marker and counts its tweet
+    once (a second run changes nothing); an id holding another tweet is a conflict, named
+    and left as it is. The skip report of a store made whole is cleared. Exits 1 when
+    something was left alone."""
+    try:
+        token = find_token(token_file)
+    except RepairError as exc:
+        raise click.UsageError(str(exc)) from None
+    params = query(into, prefix, min_ttl, clear_skip_report)
+    report = asyncio.run(_repair(url, token, params, apply))
+    text = json.dumps(report, ensure_ascii=False, indent=2) if as_json else render_repair(report)
+    click.echo(text)
+    sys.exit(exit_code(report))
+
+
+def repair_http(url: str) -> httpx.AsyncClient:
+    """The HTTP client of ``weather repair`` (the tests give theirs a fake transport)."""
+    return httpx.AsyncClient(base_url=url.rstrip("/"))
+
+
+async def _repair(url: str, token: str, params: dict[str, str], apply: bool) -> dict[str, Any]:
+    progress = ProgressLine(lambda text, nl: click.echo(text, nl=nl, err=True), sys.stderr.isatty())
+    async with repair_http(url) as http:
+        try:
+            return await run_repair(http, token, params, apply, on_progress=progress)
+        except RepairError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            progress.end()
