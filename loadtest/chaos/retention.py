@@ -40,6 +40,7 @@ from devstack.config import stack_config
 from loadtest.chaos.core import FAULT_AT_S, Context, health, settings, topic_partitions
 from loadtest.counters import Counters
 from serve_app.store.core import KEYS
+from serve_app.store.repair import RepairPlan, open_marker_stores, repair
 
 RETENTION_MS = 30_000
 SEGMENT_MS = 3_000
@@ -132,38 +133,26 @@ REPAIR_TAG = "chaos-redis_outage_past_retention_check-"
 """Ids of the long round's load (TweetFactory: ``<tag>-...``)."""
 
 
-async def repair_skipped(prefix: str = REPAIR_TAG, into_valkey: bool = False) -> dict[str, int]:
+async def repair_skipped(prefix: str = REPAIR_TAG) -> dict[str, Any]:
     """After the long round, make Redis equal to Valkey again for the round's tweets that
-    Kafka deleted unread: copy each missing seen-marker (``fp:country:weather``, with its
-    TTL) from Valkey and count it as the store's script would, then drop the skip report
-    the round caused (it has been read and judged). Other agents share the stack, and a
-    permanent difference would fail every later `make verify`. Returns what it did."""
-    counters = Counters()
-    redis, valkey = counters.redis, counters.valkey
-    if into_valkey:  # the other way round: tweets only Redis counted (a client gave up)
-        redis, valkey = valkey, redis
-    copied = 0
+    Kafka deleted unread, as ``weather repair --into redis --prefix <tag> --clear-skip-report
+    --apply`` does (:mod:`serve_app.store.repair`): each marker Redis lacks is set and its
+    tweet counted, once. The skip report is the round's own (the setup refuses to start
+    with one there), so it goes once every id of the round is repaired. Other agents share
+    the stack, and a permanent difference would fail every later `make verify`."""
+    stores = open_marker_stores(settings)
+    plan = RepairPlan(into=("redis",), prefix=prefix, apply=True, clear_skip_report=True)
     try:
-        pattern = f"{KEYS.seen_prefix}{prefix}*"
-        async for key in valkey.scan_iter(match=pattern, count=1000):
-            if await redis.exists(key):
-                continue
-            marker, ttl_ms = await valkey.get(key), await valkey.pttl(key)
-            if marker is None:
-                continue
-            _, country, weather = marker.split(":", 2)
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, marker, px=ttl_ms if ttl_ms > 0 else None, nx=True)
-                pipe.incrby(KEYS.total, 1)
-                pipe.hincrby(KEYS.by_country, country, 1)
-                pipe.hincrby(KEYS.by_weather, weather, 1)
-                pipe.hincrby(KEYS.by_country_weather, f"{country}:{weather}", 1)
-                await pipe.execute()
-            copied += 1
-        dropped = 0 if into_valkey else await redis.delete(KEYS.skipped, KEYS.skipped_ranges)
+        report = await repair(stores, plan)
     finally:
-        await counters.close()
-    return {"markers_copied_from_valkey": copied, "skip_report_keys_dropped": dropped}
+        await asyncio.gather(*(store.aclose() for store in stores.values()))
+    [into_redis] = report.directions
+    return {
+        "markers_copied_from_valkey": into_redis.missing,
+        "conflicts": into_redis.conflicts,
+        "skip_report_cleared": into_redis.skip_report_cleared,
+        "left_alone": into_redis.left_alone(),
+    }
 
 
 @contextlib.asynccontextmanager
