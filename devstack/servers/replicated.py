@@ -177,10 +177,16 @@ class RabbitNode(RabbitMQ):
         )
         return env
 
+    def blank(self) -> bool:
+        """Whether this node has never run (or lost its data): it must join a cluster."""
+        mnesia = self.dir / "mnesia"
+        return not mnesia.exists() or not any(mnesia.iterdir())
+
     def launch(self) -> bool:
-        if self.index > 1 and not self.is_running():
-            # the first node forms the cluster; the others join it (no race of three
-            # blank nodes each forming a cluster of their own)
+        if self.index > 1 and self.blank() and not self.is_running():
+            # a blank node joins the first one (no race of three blank nodes each forming
+            # a cluster of their own). Nodes that were clustered start together instead:
+            # each waits at boot for the one that stopped last, whichever that is.
             first = RabbitNode(1)
             if first.is_running():
                 first.wait_ready()
