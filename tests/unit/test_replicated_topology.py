@@ -3,7 +3,7 @@ application is told, and what each member's config promises."""
 
 from __future__ import annotations
 
-from devstack.config import topology_settings
+from devstack.config import stack_config, topology_settings
 from devstack.servers import SINGLE, servers_of
 from devstack.servers.replicated import (
     KafkaBroker,
@@ -63,5 +63,6 @@ def test_sentinels_agree_two_of_three(tmp_path, monkeypatch) -> None:  # type: i
     monkeypatch.setattr(sentinel, "dir", tmp_path)
     sentinel.prepare()
     conf = (tmp_path / "sentinel.conf").read_text()
-    assert "sentinel monitor weather-redis 127.0.0.1 6379 2" in conf
+    primary = stack_config.members("redis")[0]  # 6379 unless DEVSTACK_REDIS_PORTS says else
+    assert f"sentinel monitor weather-redis 127.0.0.1 {primary} 2" in conf
     assert sentinel.command()[-1] == "--sentinel"
