@@ -604,7 +604,7 @@ def queue_backlog(queue: Mapping[str, Any], now_s: float) -> BacklogReading:
 def management_client(settings: Settings, timeout_s: float) -> httpx.AsyncClient:
     """A client of RabbitMQ's management HTTP API, as the app's user (it needs the
     ``monitoring`` or ``management`` tag), verifying TLS as the AMQP connection does."""
-    url = settings.rabbitmq_management_url
+    url = settings.rabbitmq_management_url or f"http://{settings.rabbitmq_host}:15672"
     verify: ssl.SSLContext | bool = True
     if url.startswith("https:"):
         verify = settings.tls_context_for("rabbitmq") or tls_context()

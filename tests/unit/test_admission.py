@@ -18,7 +18,7 @@ from serve_app.brokers.kafka import (
     retention_limits,
     unconsumed_bytes,
 )
-from serve_app.brokers.rabbitmq import queue_backlog, queue_limits
+from serve_app.brokers.rabbitmq import management_client, queue_backlog, queue_limits
 from serve_app.errors import PublishFailed
 from serve_app.ingest.core import (
     Admission,
@@ -33,6 +33,7 @@ from serve_app.ingest.rest import build_rest_app
 from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog, StoreMemory
 from serve_app.model.metrics import ADMISSION_REFUSING
 from serve_app.pb.weather.v1 import weather_pb2
+from serve_app.settings import Settings
 from tests.support.fakes import LIMITS, RULES, FakeGrpcContext, FakeWriter, RecordingMetrics
 
 SEED = {"description": "Está lloviendo", "country": "GT", "weather": "Lluvioso"}
@@ -237,6 +238,18 @@ def test_a_classic_queue_tells_its_head_message_age() -> None:
     reading = queue_backlog(classic, 140.0)
     assert reading.oldest_age_s == 40.0 and queue_limits(classic).ages_measured
     assert "40 s old" in backlog_refusal(reading, BacklogLimit(GIB), 0.5)
+
+
+async def test_the_management_api_is_on_the_rabbitmq_host_unless_set() -> None:
+    """On Kubernetes RABBITMQ_HOST is the Service: its management port needs no setting."""
+    derived = management_client(Settings(rabbitmq_host="rabbitmq"), 1.0)
+    given = management_client(Settings(rabbitmq_management_url="http://mq:15999"), 1.0)
+    try:
+        assert str(derived.base_url) == "http://rabbitmq:15672"
+        assert str(given.base_url) == "http://mq:15999"
+    finally:
+        await derived.aclose()
+        await given.aclose()
 
 
 # --- store memory -----------------------------------------------------------------------------
