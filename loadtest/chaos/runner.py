@@ -21,6 +21,7 @@ from loadtest.chaos import (
     dead_letters,
     disk,
     hostile,
+    memory,
     network,
     processes,
     replicated,
@@ -88,6 +89,8 @@ ROUNDS: dict[str, Round] = {
         dead_letters.dead_letter_sink_outage, setup=dead_letters.sinks_mended_afterwards
     ),
     "consumers_setting": Round(processes.consumers_setting, load_s=60.0),
+    "redis_maxmemory": Round(memory.store_maxmemory("redis"), refusals_expected=True),
+    "valkey_maxmemory": Round(memory.store_maxmemory("valkey"), refusals_expected=True),
 }
 REPLICATED: dict[str, Round] = {
     "kafka_broker_wipe": Round(replicated.kafka_broker_wipe),
@@ -114,11 +117,12 @@ QUICK = ("redis_kill", "valkey_kill", "kafka_stop", "redis_partition", "valkey_p
 
 async def clean_leftovers() -> dict[str, Any]:
     """What a killed run may have left (iptables chain, tmpfs mounts, topic overrides and
-    the stall variant), removed by exact name before anything else runs."""
+    a lowered maxmemory), removed by exact name before anything else runs."""
     return {
         "iptables": await asyncio.to_thread(network.heal),
         "disk": await asyncio.to_thread(disk.back_to_disk),
         "retention": await retention.put_back(),
+        "maxmemory": await memory.put_back(),
     }
 
 
