@@ -11,6 +11,10 @@ local stack's servers, reachable from pods on the bridge address only, for the t
   ``NODE_IP:21092`` (advertised as such) and its controller on loopback, data under
   ``.devstack/cluster/node/kafka``, started and stopped by pid. The test stops and restarts
   it to take the Gateway's /health down and up without touching the shared stack.
+* The GCS Redis of the RayService's GCS fault tolerance: the node has no Redis image for
+  kuberay/gcs-redis.yaml, so the host's redis-server stands in for it on
+  ``NODE_IP:21390`` (AOF under ``.devstack/cluster/node/external/gcs-redis``), behind a
+  Service without selector named as the manifest's.
 
 Nothing here listens beyond the bridge address or loopback.
 """
@@ -18,6 +22,7 @@ Nothing here listens beyond the bridge address or loopback.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import socket
 import subprocess
@@ -41,6 +46,7 @@ PORTS = {
     "valkey": (6379, 21380),
 }
 KAFKA_CONTROLLER_PORT = 21093
+GCS_REDIS_PORT = 21390
 KAFKA_HEAP = "384m"
 START_TIMEOUT_S = 120.0
 
@@ -134,6 +140,25 @@ class External:
     def kafka_running(self) -> bool:
         return self.node.pid_file("kafka").live_pid() is not None
 
+    # -- the GCS Redis ----------------------------------------------------------------------
+    def start_gcs_redis(self, password: str) -> None:
+        """The RayService's GCS Redis: the host's redis-server on NODE_IP:21390, its password
+        in a config file only its owner reads (never on a command line), AOF on."""
+        server = shutil.which("redis-server")
+        if not server:
+            raise FileNotFoundError("redis-server not installed: run `make apt`")
+        directory = self.home / "gcs-redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"bind {NODE_IP}", f"port {GCS_REDIS_PORT}", "appendonly yes", 'save ""']
+        lines += [f"dir {directory}", *([f"requirepass {password}"] if password else [])]
+        conf = directory / "redis.conf"
+        conf.unlink(missing_ok=True)
+        with os.fdopen(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.node.allow_host_port(GCS_REDIS_PORT)
+        self.node.start("gcs-redis", [server, str(conf)])
+        self.node.wait("gcs-redis", lambda: accepts(NODE_IP, GCS_REDIS_PORT))
+
     # -- all --------------------------------------------------------------------------------
     def up(self, targets: dict[str, int]) -> None:
         """Forwarders to ``targets`` (service -> stack port on loopback) and the pods' Kafka."""
@@ -141,7 +166,7 @@ class External:
         self.start_kafka()
 
     def down(self) -> None:
-        for name in ("kafka", *(f"forward-{n}" for n in PORTS)):
+        for name in ("gcs-redis", "kafka", *(f"forward-{n}" for n in PORTS)):
             self.node.stop_process(name)
 
 

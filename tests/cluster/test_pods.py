@@ -35,7 +35,7 @@ import yaml
 
 from devstack.cluster import build
 from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
-from devstack.cluster.external import PORTS, External
+from devstack.cluster.external import GCS_REDIS_PORT, PORTS, External
 from devstack.cluster.node import NODE_IP, Node
 from devstack.config import app_settings
 from kuberay import render as serve_render
@@ -61,25 +61,42 @@ CPU_REQUESTS = {
     "workerGroupSpecs/0/template/spec/containers/0": "300m",
     "autoscalerOptions": "100m",
 }
-# One node, no Redis image: one worker (the autoscaler test starts from one) and no GCS
-# fault tolerance (its Redis, kuberay/gcs-redis.yaml, has no image on the node), so the
-# head-loss test below measures the head without it. Without it KubeRay no longer sets the
-# head's REDIS_PASSWORD: the head gets it as the workers do.
+# One node: one worker (the autoscaler test starts from one). GCS fault tolerance stays on,
+# but the node has no Redis image for kuberay/gcs-redis.yaml: the host's redis-server stands
+# in for it (External.start_gcs_redis), behind a Service without selector of the same name.
 GCS_REDIS = "gcs-redis.yaml"
-HEAD_ENV = "/spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/env/-"
 ONE_NODE = [
-    {"op": "remove", "path": "/spec/rayClusterConfig/gcsFaultToleranceOptions"},
-    {
-        "op": "add",
-        "path": HEAD_ENV,
-        "value": {
-            "name": "REDIS_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": "weather-credentials", "key": "REDIS_PASSWORD"}},
-        },
-    },
     {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/replicas", "value": 1},
     {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/minReplicas", "value": 1},
 ]
+
+
+def gcs_redis_outside() -> list[dict[str, Any]]:
+    """The Service ray-gcs-redis (the address gcsFaultToleranceOptions names) without a
+    selector, and its EndpointSlice: the test's redis-server on the bridge address."""
+    labels = {
+        "app.kubernetes.io/name": "ray-gcs-redis",
+        "app.kubernetes.io/part-of": "weather-pipeline",
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "ray-gcs-redis", "namespace": NAMESPACE, "labels": labels},
+        "spec": {"ports": [{"name": "redis", "port": 6379, "targetPort": GCS_REDIS_PORT}]},
+    }
+    endpoints = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "ray-gcs-redis-external",
+            "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": "ray-gcs-redis", **labels},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "redis", "port": GCS_REDIS_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+    }
+    return [service, endpoints]
 
 
 @dataclass
@@ -109,7 +126,7 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
     """kuberay/ (serveConfigV2 rendered from the current serve_config.yaml) and
     k8s/external/ with a secrets.env holding the local stack's credentials, plus the test's
     overlay: endpoints on the bridge, the stack's vhost, CPU requests that fit the node, and
-    the one-node shape this test measures (ONE_NODE)."""
+    the one-node shape this test measures (ONE_NODE), the GCS Redis outside the cluster."""
     shutil.copytree(ROOT / "kuberay", work / "kuberay", ignore=shutil.ignore_patterns("*.py*"))
     (work / "kuberay" / "serve-config.patch.yaml").write_text(serve_patch())
     kustomization = work / "kuberay" / "kustomization.yaml"
@@ -151,9 +168,10 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": ["../external", "../kuberay"],
+        "resources": ["../external", "../kuberay", "gcs-redis.yaml"],
         "patches": patches,
     }
+    (overlay / "gcs-redis.yaml").write_text(yaml.safe_dump_all(gcs_redis_outside()))
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return overlay
 
@@ -237,6 +255,7 @@ def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         }
         started = time.monotonic()
         real.external.up(targets)
+        real.external.start_gcs_redis(settings.redis_password.get_secret_value())
         real.record("external_up_s", round(time.monotonic() - started, 1))
         overlay = copy_manifests(tmp_path_factory.mktemp("pods"), settings)
         strict = ["apply", "--server-side", "--validate=strict"]
@@ -679,11 +698,13 @@ HEAD_LOSS_WATCH_S = 150  # past Ray's 60 s GCS reconnect timeout of the workers'
 
 
 def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
-    """The head pod deleted under a retrying client. GCS fault tolerance is not configured
-    (see the README), so the new head starts a new GCS; what happens to the worker and to
-    the requests is measured over a window longer than the workers' GCS reconnect timeout,
-    not bounded. What must hold: nothing accepted is lost (every 202 counted exactly once in
-    both stores) and the RayService is Ready again with every Ray pod Ready."""
+    """The head pod deleted under a retrying client, with GCS fault tolerance (the GCS Redis
+    outside the cluster, see gcs_redis_outside): the new head reloads the GCS from it, the
+    worker keeps its Ray (no restart) and its Serve proxy keeps answering. The longest wait
+    for a 202 is measured over a window longer than Ray's default 60 s GCS reconnect timeout,
+    not bounded. What must hold: the worker's Ray was not restarted, nothing accepted is lost
+    (every 202 counted exactly once in both stores) and the RayService is Ready again with
+    every Ray pod Ready."""
     base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
     pods_before = ray_pods(cluster)
     head = next(name for name, (kind, _) in pods_before.items() if kind == "head")
@@ -710,3 +731,10 @@ def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
     cluster.record("head_deleted_longest_wait_for_202_s", round(client.longest_gap_s, 1))
     cluster.record("head_deleted_statuses", {str(k): v for k, v in client.seen.items()})
     expect_counted(base, before, client.accepted)
+    workers = {n: restarts for n, (kind, restarts) in pods_before.items() if kind == "worker"}
+    after = ray_pods(cluster)
+    assert {n: after.get(n, ("gone", -1))[1] for n in workers} == workers, (
+        "GCS fault tolerance: the worker's Ray must survive the head",
+        pods_before,
+        after,
+    )
