@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     rabbitmq_dead_letter_exchange: str = "weather-tweets-dlx"
     rabbitmq_dead_letter_queue: str = "weather-tweets-dlq"
     # RabbitMQ's management HTTP API: admission reads the tweet queue's bytes and limits there
-    # (AMQP tells only a message count); the app's user needs the monitoring tag.
-    # "" = http://<rabbitmq_host>:15672
+    # (AMQP tells only a message count); the app's user needs the monitoring tag. A cluster:
+    # "url,url,..." (one per node, tried in order); "" = http://<rabbitmq_host>:15672
     rabbitmq_management_url: str = ""
     # Bounds of the dead-letter queue (declared with x-overflow reject-publish: a full queue
     # refuses the publish, the letter stays in the store's outbox, visible): a quarter of

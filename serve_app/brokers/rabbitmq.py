@@ -37,7 +37,7 @@ from serve_app.brokers.base import (
     Envelope,
     Skipped,
 )
-from serve_app.errors import ConnectFailed, connect_reason
+from serve_app.errors import ConnectFailed, connect_reason, describe
 from serve_app.model.backlog import BacklogReading, BrokerLimits, PartBacklog
 from serve_app.model.codec import Chunk
 from serve_app.model.health import (
@@ -534,10 +534,19 @@ class RabbitProbe:
         vhost, name = (
             quote(v, safe="") for v in (self.settings.rabbitmq_vhost, self.settings.rabbitmq_queue)
         )
+        urls = management_urls(self.settings)
+        failures = []
         async with asyncio.timeout(self.timeout_s):
-            response = await self._management.get(f"/api/queues/{vhost}/{name}")
-        response.raise_for_status()
-        return queue_backlog(response.json(), time.time())
+            for url in urls:  # the first node that answers (any node knows every queue)
+                try:
+                    response = await self._management.get(
+                        f"{url}/api/queues/{vhost}/{name}", timeout=self.timeout_s / len(urls)
+                    )
+                    response.raise_for_status()
+                    return queue_backlog(response.json(), time.time())
+                except httpx.HTTPError as exc:
+                    failures.append(f"{url}: {describe(exc)}")
+        raise ConnectionError(f"no management API answered ({'; '.join(failures)})")
 
     async def read(self) -> dict[str, Any]:
         """Health, depth and dead letters in one bounded round; errors become the health."""
@@ -601,15 +610,22 @@ def queue_backlog(queue: Mapping[str, Any], now_s: float) -> BacklogReading:
     return BacklogReading((part,), queue_limits(queue))
 
 
+def management_urls(settings: Settings) -> list[str]:
+    """Where RabbitMQ's management HTTP API answers, in the order tried:
+    ``rabbitmq_management_url`` (comma-separated, one per node of a cluster), else port
+    15672 of ``rabbitmq_host`` (on Kubernetes a Service in front of every node)."""
+    given = settings.rabbitmq_management_url.split(",")
+    urls = [url.strip().rstrip("/") for url in given if url.strip()]
+    return urls or [f"http://{settings.rabbitmq_host}:15672"]
+
+
 def management_client(settings: Settings, timeout_s: float) -> httpx.AsyncClient:
     """A client of RabbitMQ's management HTTP API, as the app's user (it needs the
     ``monitoring`` or ``management`` tag), verifying TLS as the AMQP connection does."""
-    url = settings.rabbitmq_management_url or f"http://{settings.rabbitmq_host}:15672"
     verify: ssl.SSLContext | bool = True
-    if url.startswith("https:"):
+    if any(url.startswith("https:") for url in management_urls(settings)):
         verify = settings.tls_context_for("rabbitmq") or tls_context()
     return httpx.AsyncClient(
-        base_url=url,
         auth=(settings.rabbitmq_user, settings.rabbitmq_password.get_secret_value()),
         timeout=timeout_s,
         verify=verify,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import grpc
+import httpx
 import pytest
 from aiokafka import TopicPartition
 from starlette.testclient import TestClient
@@ -18,7 +19,7 @@ from serve_app.brokers.kafka import (
     retention_limits,
     unconsumed_bytes,
 )
-from serve_app.brokers.rabbitmq import management_client, queue_backlog, queue_limits
+from serve_app.brokers.rabbitmq import RabbitProbe, management_urls, queue_backlog, queue_limits
 from serve_app.errors import PublishFailed
 from serve_app.ingest.core import (
     Admission,
@@ -240,16 +241,30 @@ def test_a_classic_queue_tells_its_head_message_age() -> None:
     assert "40 s old" in backlog_refusal(reading, BacklogLimit(GIB), 0.5)
 
 
-async def test_the_management_api_is_on_the_rabbitmq_host_unless_set() -> None:
+def test_the_management_api_is_on_the_rabbitmq_host_unless_set() -> None:
     """On Kubernetes RABBITMQ_HOST is the Service: its management port needs no setting."""
-    derived = management_client(Settings(rabbitmq_host="rabbitmq"), 1.0)
-    given = management_client(Settings(rabbitmq_management_url="http://mq:15999"), 1.0)
-    try:
-        assert str(derived.base_url) == "http://rabbitmq:15672"
-        assert str(given.base_url) == "http://mq:15999"
-    finally:
-        await derived.aclose()
-        await given.aclose()
+    assert management_urls(Settings(rabbitmq_host="rabbitmq")) == ["http://rabbitmq:15672"]
+    cluster = Settings(rabbitmq_management_url="http://a:15672/, http://b:15682")
+    assert management_urls(cluster) == ["http://a:15672", "http://b:15682"]
+
+
+async def test_the_queue_is_read_from_the_first_node_that_answers() -> None:
+    def node(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a":
+            raise httpx.ConnectError("refused", request=request)
+        assert request.url.raw_path == b"/api/queues/%2F/weather-tweets"
+        return httpx.Response(200, json=QUORUM)
+
+    cluster = Settings(rabbitmq_management_url="http://a:15672,http://b:15682")
+    async with RabbitProbe(cluster) as probe:
+        probe._management = httpx.AsyncClient(transport=httpx.MockTransport(node))
+        assert (await probe.backlog()).messages == 120
+    async with RabbitProbe(
+        cluster.model_copy(update={"rabbitmq_management_url": "http://a:1"})
+    ) as probe:
+        probe._management = httpx.AsyncClient(transport=httpx.MockTransport(node))
+        with pytest.raises(ConnectionError, match="no management API answered .http://a:1: "):
+            await probe.backlog()
 
 
 # --- store memory -----------------------------------------------------------------------------
