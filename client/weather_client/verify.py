@@ -69,13 +69,15 @@ def losses(stats: dict[str, Any]) -> list[str]:
 
 
 def backlog(health: dict[str, Any]) -> dict[str, int | None]:
-    """Each broker's backlog as ``/health`` reports it (messages; None: not known)."""
+    """Each broker's backlog as ``/health`` reports it (messages; None: not known). The
+    stores' memory readings, also under ``admission``, have none and are left out."""
     admission = health.get("admission")
     if not isinstance(admission, dict):
         return {}
     return {
-        broker: report.get("backlog_messages") if isinstance(report, dict) else None
+        broker: report.get("backlog_messages")
         for broker, report in admission.items()
+        if isinstance(report, dict) and "backlog_messages" in report
     }
 
 

@@ -48,4 +48,6 @@ async def test_stream_frames_are_acknowledged_and_counted_once_through_the_proxy
         assert {b: a["admitting"] for b, a in health["admission"].items()} == {
             "kafka": True,
             "rabbitmq": True,
+            "redis": True,
+            "valkey": True,
         }

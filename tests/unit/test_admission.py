@@ -11,6 +11,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 from starlette.testclient import TestClient
+from weather_client.verify import backlog
 
 from serve_app.brokers.kafka import (
     config_values,
@@ -384,3 +385,11 @@ def test_the_app_runs_the_background_poller_for_its_lifetime() -> None:
     with TestClient(build_rest_app(ingest, ingest.publish, _stats, background=poller)):
         pass
     assert runs == ["started"]
+
+
+def test_weather_verify_reads_the_brokers_backlogs_and_not_the_stores() -> None:
+    """``weather verify`` waits for every backlog to drain: a store has none to wait for."""
+    ingest, _, _ = refusing_ingest()
+    ingest.admission.record("kafka", kafka_reading(part(7, 2048)))
+    health = TestClient(build_rest_app(ingest, ingest.publish, _stats)).get("/health").json()
+    assert backlog(health) == {"kafka": 7, "rabbitmq": None}
