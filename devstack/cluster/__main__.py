@@ -5,7 +5,8 @@ up          start a fresh control plane + KWOK + KubeRay operator and leave it r
 node-up     start a fresh control plane with a real node (containerd, kubelet, kube-proxy,
             CoreDNS) instead of KWOK's fake one, and leave it running
 down        stop what `up`, `node-up` (or an interrupted test) left running, by pid, and
-            undo the node's host changes (bridge, iptables chains, sysctls) by name
+            undo the nodes' host changes (bridge, iptables chains, sysctls, the further
+            nodes' namespaces, veths, routes and cgroups) by name
 kubeconfig  print the path of the running cluster's kubeconfig
 """
 
@@ -19,6 +20,7 @@ import time
 from devstack.cluster import build, images
 from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
 from devstack.cluster.node import Node
+from devstack.cluster.nodes import known_nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"node Ready in {time.monotonic() - started:.1f} s; KUBECONFIG={plane.kubeconfig}")
         print(f"kubectl: {plane.binaries['kubectl']}")
     elif args.command == "down":
-        Node().down()
+        first = Node()
+        for extra in reversed(known_nodes(first)):
+            extra.down()
+        first.down()
         plane.stop()
     else:
         print(plane.kubeconfig)

@@ -629,6 +629,8 @@ class Node(ProcessHome):
         for sock in Path("/var/lib/kubelet/device-plugins").glob("kubelet.sock"):
             if "/var/lib/kubelet" not in state["existing_dirs"]:
                 sock.unlink()
+        if "/run/netns" not in state["existing_dirs"]:
+            release_netns_dir()
         for directory in HOST_DIRS:
             if directory not in state["existing_dirs"]:
                 with contextlib.suppress(OSError):
@@ -670,6 +672,14 @@ def dig(name: str, server: str = NODE_IP) -> str | None:
     if rid != query_id or flags & 0x000F or answers == 0:
         return None
     return socket.inet_ntoa(reply[-4:])
+
+
+def release_netns_dir() -> None:
+    """``ip netns add`` (devstack/cluster/nodes.py) bind-mounts /run/netns on itself: undone
+    once no namespace is left in it, so that the directory can go."""
+    directory = Path("/run/netns")
+    if directory.is_dir() and not any(directory.iterdir()) and str(directory) in mount_points():
+        sh("umount", str(directory), check=False)
 
 
 def node_ready(plane: ControlPlane) -> bool:
