@@ -264,7 +264,10 @@ class _ReplicatedResp(_RespServer):
             return
         super().prepare()
         lines = conf.read_text()
-        extra = []
+        # a consumer's WAITAOF for a replica ends on the primary's next wake-up (the
+        # replica's first answer often predates its fsync): every 10 ms, not Redis's 100
+        # (measured on a primary + replica: 1,200-1,500 -> 15,600 tweets/s; idle 0.005 cores)
+        extra = ["hz 100"]
         if self.password:
             extra.append(f"masterauth {self.password}")
         if self.index > 1:

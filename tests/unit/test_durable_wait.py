@@ -62,6 +62,21 @@ def test_asked_no_longer_than_the_timeout() -> None:
     assert len(connection.commands) == 1 + 10
 
 
+class SlowConnection(FakeConnection):
+    """A server whose short WAITAOFs each take 20 ms (a primary that wakes up rarely)."""
+
+    async def execute_command(self, *args: Any) -> Any:
+        await asyncio.sleep(0.02)
+        return await super().execute_command(*args)
+
+
+def test_slow_steps_stop_at_the_timeout_not_at_the_count() -> None:
+    connection = SlowConnection(waitaof=(1, 1), short_first=1000)
+    with pytest.raises(NotDurable):
+        run(DurableWait(1, 1, 100), connection)
+    assert len(connection.commands) <= 1 + 7  # 100 ms of 20 ms steps, not 100 steps
+
+
 def test_a_replica_short_of_the_count_fails_the_write() -> None:
     with pytest.raises(NotDurable, match="0 of 1 replicas"):
         run(DurableWait(1, 1, 500), FakeConnection(waitaof=(1, 0)))
