@@ -128,10 +128,13 @@ def _claim_topology() -> None:
     while a server only the other topology has still runs."""
     current = topology()
     other = "single" if current == "replicated" else "replicated"
+    ours = set(SERVERS) | {
+        helper.name for factory in servers_of(current).values() for helper in factory().helpers()
+    }  # e.g. the single RabbitMQ's own epmd, which the replicated topology also has
     running = [
         name
         for name, factory in servers_of(other).items()
-        if name not in SERVERS and factory().is_running()
+        if name not in ours and factory().is_running()
     ]
     if running:
         raise StackError(f"the {other} topology still runs ({', '.join(running)}): `make down`")
