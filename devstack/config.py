@@ -120,6 +120,9 @@ def topology_settings(name: str | None = None) -> dict[str, str]:
         "KAFKA_MIN_INSYNC_REPLICAS": "2",
         "RABBITMQ_PORT": str(config.members("rabbitmq")[0]),
         "RABBITMQ_ADDRESSES": listed(config.members("rabbitmq")),
+        "RABBITMQ_MANAGEMENT_URL": ",".join(
+            f"http://{LOCALHOST}:{port}" for port in config.members("rabbitmq_management")
+        ),
         "REDIS_PORT": str(config.members("redis")[0]),
         "REDIS_SENTINELS": listed(config.members("redis_sentinel")),
         "VALKEY_PORT": str(config.members("valkey")[0]),

@@ -807,7 +807,9 @@ def test_rabbitmq_app_user_is_least_privilege(infra, kuberay, tmp_path):
     users = {u["name"]: u for u in definitions["users"]}
     assert set(users) == {"weather", "weather-admin"}, "no guest, nothing else"
     assert users["weather"]["password"] == RABBIT_SECRETS["RABBITMQ_PASSWORD"]
-    assert users["weather"]["tags"] == [], "the app user has no management tag"
+    # monitoring only: admission reads the tweet queue's bytes and limits from the
+    # management API (read-only); never management, policymaker or administrator
+    assert users["weather"]["tags"] == ["monitoring"]
     assert users["weather-admin"]["tags"] == ["administrator"]
     vhost = _config_maps(kuberay)["weather-pipeline-config"]["RABBITMQ_VHOST"]
     assert definitions["vhosts"] == [{"name": vhost}] and vhost != "/"

@@ -30,7 +30,7 @@ umask 077
 cat > "$out.tmp" <<JSON
 {
   "users": [
-    {"name": "$app", "password": "$(esc "$RABBITMQ_PASSWORD")", "tags": []},
+    {"name": "$app", "password": "$(esc "$RABBITMQ_PASSWORD")", "tags": ["monitoring"]},
     {"name": "$admin", "password": "$(esc "$RABBITMQ_ADMIN_PASSWORD")", "tags": ["administrator"]}
   ],
   "vhosts": [{"name": "$vhost"}],
