@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     # The ceiling stays under Serve's max_ongoing_requests (256) less the streams' 64
     # slots, so this limit refuses, not Serve's check on the replica's loop.
     concurrency_limit_initial: int = Field(default=128, ge=1)
-    concurrency_limit_floor: int = Field(default=32, ge=1)
+    concurrency_limit_floor: int = Field(default=64, ge=1)  # >= EDGE_SERVER_MAXCONN
     concurrency_limit_ceiling: int = Field(default=192, ge=1)
     concurrency_limit_tolerance: float = Field(default=2.0, ge=1.0)
     # HAProxy's limits for the Gateway (docs/guarantees.md "Overload"), read by the HAProxy
