@@ -4,6 +4,7 @@ checkout's token."""
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 import subprocess
@@ -74,3 +75,29 @@ def test_the_token_is_this_checkouts_own_and_private():
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO, timeout=30)
     assert ignored.returncode == 0, f"{path} is not git-ignored"
+
+
+def stats_sections(headers: dict[str, str]) -> dict[str, dict]:
+    """``GET /stats?latest=1`` through Serve's proxy, as ``headers`` make it look."""
+    url = f"{stack_config.serve_http_url}/stats?latest=1"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as answer:  # 503: a store down, the other's numbers still
+        body = json.loads(answer.read())
+    return {name: section for name, section in body.items() if "latest" in section}
+
+
+def test_recent_ids_only_on_this_machine_or_with_the_token():
+    """A caller from elsewhere (a proxy header says so) gets the counts without ids, and a
+    note saying why; with the Ray cluster's token it gets them, as a local caller does."""
+    elsewhere = {"X-Forwarded-For": "198.51.100.7"}
+    hidden = stats_sections(elsewhere)
+    assert hidden and all("id" not in t for s in hidden.values() for t in s["latest"])
+    assert all(s["latest_ids"].startswith("ids hidden") for s in hidden.values())
+    token = {"Authorization": f"Bearer {ray_access.token()}"}
+    for shown in (stats_sections({}), stats_sections({**elsewhere, **token})):
+        assert shown and not any("latest_ids" in s for s in shown.values())
+    wrong = stats_sections({**elsewhere, "Authorization": "Bearer " + "0" * 64})
+    assert all("latest_ids" in s for s in wrong.values())
