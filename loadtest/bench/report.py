@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench import procs
+from loadtest.bench.scaling import consumer_rows, gateway_row
 from loadtest.bench.variants import SCALED_KEYS
 
 Report = dict[str, Any]
@@ -253,6 +254,8 @@ def targets(results: dict[str, Any]) -> list[Row]:
               med("benthos_batch", "e2e_tweets_per_s"), lo=2.0),
         _drain_row(med("drain", "drain_redis_tweets_per_s"),
                    med("drain", "drain_valkey_tweets_per_s")),
+        *consumer_rows(results),
+        gateway_row(results),
         ratio("gRPC PublishBatch >= REST arrays (tweets/s)",
               med("grpc_batch", "e2e_tweets_per_s"), batch, lo=1.0),
         ratio("gRPC Publish end to end >= 0.6 x no-op gRPC ceiling",

@@ -59,7 +59,11 @@ class Bench:
             await self.repeat(scenario.name, title, lambda: self.ceiling_run(scenario.name, load))
             return
         if scenario.kind == "drain":
-            await self.repeat(scenario.name, title, lambda: self.drain_run(scenario.name, load))
+            await self.repeat(
+                scenario.name,
+                title,
+                lambda: self.drain_run(scenario.name, load, scenario.one_store_at_a_time),
+            )
             return
         if scenario.kind == "anchor":
             await self.repeat(scenario.name, title, lambda: self.anchor_run(scenario.name, load))
@@ -124,23 +128,37 @@ class Bench:
         out["serve_cpu_ms_per_tweet"] = out["cpu_ms_per_tweet"]  # Benthos's own process
         return out
 
-    async def drain_run(self, name: str, load: Load) -> Figures:
+    async def drain_run(self, name: str, load: Load, one_store_at_a_time: bool = False) -> Figures:
         """The consumers' own rate: the load is accepted while both stores hold their
         writes, so the whole of it waits in the brokers; then the stores are released and
-        each consumer drains its backlog with the machine to itself."""
+        each consumer drains its backlog with the machine to itself (``one_store_at_a_time``:
+        Valkey is released only once Redis counted its backlog)."""
         a = self.args
         await measure.quiesce(self.counters, a.quiesce_timeout)
         before = await self.counters.totals()
-        await self.counters.pause_writes(load.start_delay + load.duration + WRK_GRACE_S + 30)
+        held_s = load.start_delay + load.duration + WRK_GRACE_S + 30
+        await self.counters.pause_writes(held_s + (a.drain_timeout if one_store_at_a_time else 0))
         try:
             out = await asyncio.to_thread(load.run, f"{name}-{uuid.uuid4().hex[:8]}")
             out.update(await counters.lag())
+            stack = await asyncio.to_thread(procs.stack_processes)
+            at_release = await asyncio.to_thread(procs.sample, stack)
+            released_at = time.time()
+            recorder = measure.TotalsRecorder(self.counters)
+            recorder.target = (before[0] + out["accepted"], before[1] + out["accepted"])
+            if one_store_at_a_time:
+                await self.counters.redis.client_unpause()
+                first = measure.TotalsRecorder(self.counters)
+                first.target = (recorder.target[0], 0)  # Valkey's is reached: held, not waited
+                await first.run(a.drain_timeout)
+                recorder.samples = first.samples
         finally:
             await self.counters.resume_writes()
-        released_at = time.time()
-        recorder = measure.TotalsRecorder(self.counters)
-        recorder.target = (before[0] + out["accepted"], before[1] + out["accepted"])
         await recorder.run(a.drain_timeout)
+        drained = await asyncio.to_thread(procs.sample, stack)
+        # what each process (consumer actors, brokers, stores) spent draining: the capacity
+        # model's per-core rates of the consumers' side
+        out["drain_cpu_by_process_s"] = procs.cpu_between(at_release, drained)
         await asyncio.sleep(a.settle)
         after = await self.counters.totals()
         out.update(accepted_load=out["accepted"], backlog_before=None)

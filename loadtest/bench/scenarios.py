@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 from loadtest.bench import drivers
 from loadtest.bench.drivers import Load
-from loadtest.bench.variants import NOOP_APP, NOOP_ROUTE, Config, replica_variant
+from loadtest.bench.variants import (
+    NOOP_APP,
+    NOOP_ROUTE,
+    Config,
+    consumer_variant,
+    replica_variant,
+)
 
 Results = dict[str, Any]
 Plan = Callable[[argparse.Namespace, Results], tuple[str, Load]]
@@ -28,6 +34,7 @@ class Scenario:
     kind: Kind = "pipeline"
     variant: Callable[[Config, argparse.Namespace], Config] | None = None
     autoscaling: bool = False  # sample replicas during the runs, then cool down
+    one_store_at_a_time: bool = False  # drain: release Redis, then Valkey once it is done
 
 
 def median_of(results: Results, name: str, key: str) -> Any:
@@ -100,6 +107,23 @@ def _fixed(n: int) -> Scenario:
     )
 
 
+def _consumers(n: int) -> Scenario:
+    """The drain with ``n`` consumer actors per broker (the scaling run of the consumers):
+    one broker's actors at a time, so that on a small machine the other broker's actors and
+    store do not take the cores a second actor would use."""
+    return Scenario(
+        f"drain_{n}",
+        lambda a, _: (
+            f"Consumers, {n} actor(s) per broker: a backlog of REST arrays of {a.big_batch} "
+            "built with the stores' writes paused, then drained one broker at a time",
+            drivers.wrk(a, "/input", batch=a.big_batch),
+        ),
+        kind="drain",
+        variant=lambda base, _: consumer_variant(base, n),
+        one_store_at_a_time=True,
+    )
+
+
 def _anchor(name: str, scenario: Literal["single", "array100"], what: str) -> Scenario:
     return Scenario(
         name,
@@ -168,6 +192,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     _fixed(1),
     _fixed(2),
+    _consumers(1),
+    _consumers(2),
     Scenario(
         "replicas_auto",
         lambda a, _: (

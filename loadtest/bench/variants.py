@@ -1,5 +1,6 @@
 """The Serve config variants the bench deploys: the pipeline plus a no-op app (the
-ceilings), and the Gateway at fixed replica counts or autoscaling."""
+ceilings), the Gateway at fixed replica counts or autoscaling, and the consumers at a fixed
+number of actors per broker."""
 
 from __future__ import annotations
 
@@ -71,4 +72,17 @@ def replica_variant(
         else:
             deployment.pop("autoscaling_config", None)
             deployment["num_replicas"] = replicas
+    return out
+
+
+CONSUMER_COUNTS = ("kafka_consumers", "rabbit_consumers")
+"""The ``consumers`` application's ``args:`` that set its actors per broker."""
+
+
+def consumer_variant(config: Config, per_broker: int) -> Config:
+    """``config`` with ``per_broker`` consumer actors on each broker (the ``consumers``
+    application's ``args:``, which override the settings; the other args are kept)."""
+    out = copy.deepcopy(config)
+    [app] = [a for a in out["applications"] if a["name"] == "consumers"]
+    app["args"] = {**(app.get("args") or {}), **dict.fromkeys(CONSUMER_COUNTS, per_broker)}
     return out
