@@ -151,6 +151,9 @@ class External:
         directory.mkdir(parents=True, exist_ok=True)
         lines = [f"bind {NODE_IP}", f"port {GCS_REDIS_PORT}", "appendonly yes", 'save ""']
         lines += [f"dir {directory}", *([f"requirepass {password}"] if password else [])]
+        # Without a password Redis answers only loopback (protected mode), and the pods come
+        # from the bridge: it listens on the bridge address only, which only pods reach.
+        lines += [] if password else ["protected-mode no"]
         conf = directory / "redis.conf"
         conf.unlink(missing_ok=True)
         with os.fdopen(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
