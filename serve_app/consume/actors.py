@@ -50,6 +50,8 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "max_task_retries": 3,
     "num_cpus": 0.1,
     "max_concurrency": 64,
+    # one per machine while there are machines: losing one then stops only its consumers
+    "scheduling_strategy": "SPREAD",
 }
 
 

@@ -1,6 +1,8 @@
 """The RayService in real pods: the project's image (built from the Dockerfile on a local
-stand-in of the Ray base image), run by a real kubelet on a one-node Kubernetes next to the
-loopback control plane (devstack/cluster: node.py, images.py, external.py).
+stand-in of the Ray base image), run by real kubelets on a three-node Kubernetes next to the
+loopback control plane (devstack/cluster: node.py, nodes.py, images.py, external.py): the
+first node in the host's network namespace, two more each in a namespace of its own with its
+own containerd, kubelet, kube-proxy and pod network.
 
 The pods use the k8s/external overlay: Services without selectors + EndpointSlices under the
 names the RayService uses, pointing at the bridge address 10.244.0.1, where the local stack's
@@ -12,7 +14,9 @@ Checked, in order: the RayService Ready and weather-pipeline-serve-svc created; 
 through that Service by cluster IP (from the node) and by DNS name (from a client pod), each
 tweet counted exactly once in Redis and in Valkey; gRPC Publish and the WebSocket
 ``/input/stream`` through the Service; the /health readiness probe taking the worker out of
-the Service while Kafka is down and back after.
+the Service while Kafka is down and back after; the workers, Gateway replicas and consumer
+actors spread over the nodes; under load a worker's node drained (the PodDisruptionBudget
+respected) and then a node lost outright, each time every 202 counted once in both stores.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from devstack.cluster import build
 from devstack.cluster.control_plane import NODE_NAMES, ControlPlane
 from devstack.cluster.external import GCS_REDIS_PORT, PORTS, External
 from devstack.cluster.node import NODE_IP, Node
+from devstack.cluster.nodes import NetnsNode, extra_nodes
 from devstack.config import app_settings
 from kuberay import render as serve_render
 from serve_app.settings import Settings
@@ -54,21 +59,38 @@ COUNTRIES = ("NU", "NF", "PN", "TK", "CX", "CC")
 # Serve's gRPC proxy routes by this metadata (several applications are deployed).
 GRPC_METADATA = (("application", "ingest"),)
 FIGURES = build.HOME / "node" / "figures.json"
-# The pods fit the one 2-CPU node, two RayClusters at once during an upgrade: CPU requests
-# scaled down, limits (what Ray sizes itself from) unchanged.
+# Each node's kubelet offers the machine's 2 CPUs; the pods, two RayClusters at once during an
+# upgrade, fit: CPU requests scaled down, limits (what Ray sizes itself from) unchanged.
 CPU_REQUESTS = {
     "headGroupSpec/template/spec/containers/0": "100m",
     "workerGroupSpecs/0/template/spec/containers/0": "300m",
     "autoscalerOptions": "100m",
 }
-# One node: one worker (the autoscaler test starts from one). GCS fault tolerance stays on,
-# but the node has no Redis image for kuberay/gcs-redis.yaml: the host's redis-server stands
-# in for it (External.start_gcs_redis), behind a Service without selector of the same name.
+# GCS fault tolerance stays on, but the nodes have no Redis image for kuberay/gcs-redis.yaml:
+# the host's redis-server stands in for it (External.start_gcs_redis), behind a Service
+# without selector of the same name.
 GCS_REDIS = "gcs-redis.yaml"
-ONE_NODE = [
-    {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/replicas", "value": 1},
-    {"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/minReplicas", "value": 1},
-]
+EXTRA_NODES = 2  # besides the host's: three in all
+# The pods of a lost node are evicted this long after it turns NotReady (Kubernetes' default
+# toleration is 300 s): the Ray pods of the test tolerate a lost node for 10 s only.
+EVICT_AFTER_S = 10
+SHORT_TOLERATIONS = [
+    {"key": f"node.kubernetes.io/{taint}", "operator": "Exists", "effect": "NoExecute",
+     "tolerationSeconds": EVICT_AFTER_S}
+    for taint in ("not-ready", "unreachable")
+]  # fmt: skip
+TOLERATE_BRIEFLY = [
+    {"op": "add", "path": f"/spec/rayClusterConfig/{group}/template/spec/tolerations",
+     "value": SHORT_TOLERATIONS}
+    for group in ("headGroupSpec", "workerGroupSpecs/0")
+]  # fmt: skip
+MIN_WORKERS = 2  # kuberay/rayservice.yaml's minReplicas
+# Ray sizes each worker at 1 CPU (its pod's limit is 2): the two workers then hold what one
+# did before, so the autoscaler test's load still needs a worker more.
+WORKER_RAY_CPUS = [
+    {"op": "add", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/rayStartParams/num-cpus",
+     "value": "1"},
+]  # fmt: skip
 
 
 def gcs_redis_outside() -> list[dict[str, Any]]:
@@ -104,6 +126,7 @@ class RealCluster:
     plane: ControlPlane
     node: Node
     external: External
+    extra: list[NetnsNode] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
@@ -125,8 +148,8 @@ class RealCluster:
 def copy_manifests(work: Path, settings: Settings) -> Path:
     """kuberay/ (serveConfigV2 rendered from the current serve_config.yaml) and
     k8s/external/ with a secrets.env holding the local stack's credentials, plus the test's
-    overlay: endpoints on the bridge, the stack's vhost, CPU requests that fit the node, and
-    the one-node shape this test measures (ONE_NODE), the GCS Redis outside the cluster."""
+    overlay: endpoints on the bridge, the stack's vhost, CPU requests that fit the nodes,
+    short tolerations of a lost node (TOLERATE_BRIEFLY), the GCS Redis outside the cluster."""
     shutil.copytree(ROOT / "kuberay", work / "kuberay", ignore=shutil.ignore_patterns("*.py*"))
     (work / "kuberay" / "serve-config.patch.yaml").write_text(serve_patch())
     kustomization = work / "kuberay" / "kustomization.yaml"
@@ -162,7 +185,8 @@ def copy_manifests(work: Path, settings: Settings) -> Path:
         {"op": "replace", "path": f"{spec}/{where}/resources/requests/cpu", "value": value}
         for where, value in CPU_REQUESTS.items()
     ]
-    patches.append({"target": {"kind": "RayService"}, "patch": json.dumps(cpu + ONE_NODE)})
+    ray_patch = cpu + TOLERATE_BRIEFLY + WORKER_RAY_CPUS
+    patches.append({"target": {"kind": "RayService"}, "patch": json.dumps(ray_patch)})
     overlay = work / "overlay"
     overlay.mkdir()
     kustomization = {
@@ -190,6 +214,8 @@ def serve_patch() -> str:
                 target = 8 if deployment["name"] == "Gateway" else 1
                 autoscaling |= {"target_ongoing_requests": target, "upscale_delay_s": 2}
                 autoscaling |= {"downscale_delay_s": 10}
+                if deployment["name"] == "Gateway":  # one on each worker's node
+                    autoscaling["min_replicas"] = MIN_WORKERS
     patch["spec"]["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
     return yaml.safe_dump(patch, sort_keys=False)
 
@@ -232,12 +258,15 @@ def diagnostics(cluster: RealCluster) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
-    """Control plane + real node + forwarders + the pods' Kafka + the RayService, Ready,
-    next to the shared local stack (``devstack_infra``: started if needed, left running).
-    Everything of ours stopped by pid and removed by name afterwards, whatever happened."""
+    """Control plane + three real nodes + forwarders + the pods' Kafka + the RayService,
+    Ready, next to the shared local stack (``devstack_infra``: started if needed, left
+    running). Everything of ours stopped by pid and removed by name afterwards, whatever
+    happened."""
     node = Node(log=print)
+    extra = extra_nodes(node, EXTRA_NODES)
     plane = node.control_plane()
-    real = RealCluster(plane, node, External(node))
+    plane.extra_tokens += [n.token_line() for n in extra]
+    real = RealCluster(plane, node, External(node), extra)
     settings = app_settings()  # the local stack's, fingerprint_key included
     try:
         started = time.monotonic()
@@ -247,7 +276,9 @@ def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         real.record("control_plane_up_s", round(time.monotonic() - started, 1))
         started = time.monotonic()
         node.up(plane)
-        real.record("node_ready_s", round(time.monotonic() - started, 1))
+        for more in extra:
+            more.up(plane)
+        real.record("nodes_ready_s", round(time.monotonic() - started, 1))
         targets = {
             "rabbitmq": settings.rabbitmq_port,
             "redis": settings.redis_port,
@@ -285,6 +316,8 @@ def cluster(devstack_infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield real
     finally:
         real.external.down()
+        for more in reversed(extra):
+            more.down()
         node.down()
         plane.stop()
 
@@ -657,14 +690,15 @@ class Load:
 
 
 def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCluster) -> None:
-    """Load: Serve adds replicas beyond one worker's CPUs and the in-tree autoscaler adds a
-    worker pod; idle: Serve scales down and the autoscaler removes the idle pod."""
+    """Load: Serve adds replicas beyond the minimum workers' CPUs and the in-tree autoscaler
+    adds a worker pod; idle: Serve scales down and the autoscaler removes the idle pod."""
     base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
     first = worker_pods(cluster)
-    assert len(first) == 1, first
+    assert len(first) == MIN_WORKERS, first
     started = time.monotonic()
     with Load(base) as load:
-        wait_for(lambda: len(worker_pods(cluster)) >= 2, "a second worker pod", 600, 3)
+        grown = lambda: len(worker_pods(cluster)) > MIN_WORKERS  # noqa: E731
+        wait_for(grown, "a worker pod beyond the minimum", 600, 3)
         cluster.record("autoscaler_worker_added_s", round(time.monotonic() - started, 1))
         added = [p for p in worker_pods(cluster) if p not in first]
         wait_for(
@@ -677,7 +711,8 @@ def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCl
     cluster.record("autoscaler_load_statuses", dict(load.statuses))
     assert load.statuses[202] > 0
     idle = time.monotonic()
-    wait_for(lambda: len(worker_pods(cluster)) == 1, "the idle worker removed", 900, 5)
+    idle_again = lambda: len(worker_pods(cluster)) == MIN_WORKERS  # noqa: E731
+    wait_for(idle_again, "the idle worker removed", 900, 5)
     cluster.record("autoscaler_idle_worker_removed_s", round(time.monotonic() - idle, 1))
 
 
@@ -738,3 +773,178 @@ def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
         pods_before,
         after,
     )
+
+
+# ---------------------------------------------------------------------------- several nodes
+
+PLACEMENT_SCRIPT = """
+import json, ray
+from ray.util.state import list_actors
+ray.init(address="auto", logging_level="ERROR")
+ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+actors = list_actors(filters=[("state", "=", "ALIVE")], limit=2000, raise_on_missing_output=False)
+print(json.dumps([[a.class_name, a.name, ips.get(a.node_id)] for a in actors]))
+"""
+
+
+def pod_nodes(cluster: RealCluster) -> dict[str, tuple[str, str, str]]:
+    """Ray pod name -> (node type, Kubernetes node, pod IP), pods not being deleted."""
+    pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
+    return {
+        p["metadata"]["name"]: (
+            p["metadata"]["labels"].get("ray.io/node-type", "?"),
+            p["spec"].get("nodeName", ""),
+            p["status"].get("podIP", ""),
+        )
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def actor_nodes(cluster: RealCluster) -> dict[str, list[str]]:
+    """Ray actor class -> the Kubernetes nodes its live actors run on (Ray's state API, read
+    inside the head pod)."""
+    pods = pod_nodes(cluster)
+    head = next(name for name, (kind, _, _) in pods.items() if kind == "head")
+    by_ip = {ip: node for _, node, ip in pods.values()}
+    out = cluster.kubectl(
+        "-n", NAMESPACE, "exec", head, "-c", "ray-head", "--", "python", "-c", PLACEMENT_SCRIPT
+    )
+    placed: dict[str, list[str]] = {}
+    for class_name, _name, ip in json.loads(out.strip().splitlines()[-1]):
+        placed.setdefault(class_name, []).append(by_ip.get(ip, f"? {ip}"))
+    return placed
+
+
+def ready_workers_on_distinct_nodes(cluster: RealCluster) -> bool:
+    pods = cluster.get("pods", "-l", "ray.io/node-type=worker")["items"]
+    ready = [
+        p["spec"].get("nodeName")
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp") and condition(p, "Ready") == "True"
+    ]
+    return len(ready) >= MIN_WORKERS and len(set(ready)) == len(ready)
+
+
+def test_workers_gateways_and_consumers_spread_over_the_nodes(cluster: RealCluster) -> None:
+    """The workers on two nodes, the Gateway replicas (min_replicas 2 in this test) and the
+    consumer actors (SPREAD) on both."""
+    wait_for(lambda: ready_workers_on_distinct_nodes(cluster), "workers on two nodes", 300, 3)
+    placed = wait_for_spread(cluster)
+    cluster.record("placement", placed)
+
+
+def wait_for_spread(cluster: RealCluster, timeout: float = 300) -> dict[str, list[str]]:
+    """Gateway replicas and the consumer actors each on two nodes at least."""
+    found: dict[str, list[str]] = {}
+
+    def spread() -> bool:
+        found.clear()
+        found.update(actor_nodes(cluster))
+        wanted = ("ServeReplica:ingest:Gateway", "KafkaConsumer", "RabbitConsumer")
+        gateways = set(found.get(wanted[0], []))
+        consumers = set(found.get(wanted[1], []) + found.get(wanted[2], []))
+        return len(gateways) >= 2 and len(consumers) >= 2
+
+    wait_for(spread, "Gateways and consumers on two nodes at least", timeout, 5)
+    return dict(found)
+
+
+def worker_node_without_head(cluster: RealCluster, among: set[str] | None = None) -> str:
+    """A node (of ``among``, if given) that runs a worker and not the head: the nodes the
+    tests below take away."""
+    pods = pod_nodes(cluster).values()
+    head_nodes = {node for kind, node, _ in pods if kind == "head"}
+    workers = sorted({node for kind, node, _ in pods if kind == "worker"} - head_nodes)
+    workers = [w for w in workers if among is None or w in among]
+    assert workers, f"no worker without the head on {among or 'any node'}: {list(pods)}"
+    return workers[0]
+
+
+def all_ray_pods_ready(cluster: RealCluster, count: int) -> bool:
+    pods = [
+        p
+        for p in cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    ready = all(condition(p, "Ready") == "True" for p in pods)
+    return len(pods) == count and ready and ready_workers_on_distinct_nodes(cluster)
+
+
+def full_service(cluster: RealCluster, base: str, count: int) -> bool:
+    """Every Ray pod Ready, workers on distinct nodes, the RayService Ready, /health 200."""
+    if not all_ray_pods_ready(cluster, count):
+        return False
+    if condition(cluster.get("rayservice", RAYSERVICE), "Ready") != "True":
+        return False
+    return httpx.get(f"{base}/health", timeout=5).status_code == 200
+
+
+RETRY_ON = (None, 404, 500, 502, 503, 504)
+
+
+def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
+    """``kubectl drain`` of a worker's node under a retrying client: the eviction goes through
+    the workers' PodDisruptionBudget (one worker always available), the worker comes back on
+    another node, and every 202 is counted once in both stores."""
+    base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
+    count = len(pod_nodes(cluster))
+    wait_for(lambda: full_service(cluster, base, count), "full service before", 600, 3)
+    target = worker_node_without_head(cluster)
+    pdb = cluster.get("pdb", "ray-workers")
+    assert pdb["status"]["disruptionsAllowed"] >= 1, pdb["status"]
+    before = stats(base)
+    with RetryingClient(base, retry_on=RETRY_ON) as client:
+        time.sleep(5)
+        started = time.monotonic()
+        cluster.kubectl(
+            "drain", target, "--ignore-daemonsets", "--delete-emptydir-data",
+            "--timeout=500s", "--grace-period=60",
+        )  # fmt: skip
+        cluster.record("drain_s", round(time.monotonic() - started, 1))
+        wait_for(lambda: full_service(cluster, base, count), "full service after drain", 900, 3)
+        cluster.record("drain_full_service_s", round(time.monotonic() - started, 1))
+        accepted_then = len(client.accepted)
+        wait_for(lambda: len(client.accepted) > accepted_then + 20, "202s again", 300, 2)
+    cluster.kubectl("uncordon", target)
+    assert target not in {node for _, node, _ in pod_nodes(cluster).values()}
+    cluster.record("drain_longest_wait_for_202_s", round(client.longest_gap_s, 1))
+    cluster.record("drain_statuses", {str(k): v for k, v in client.seen.items()})
+    assert client.accepted
+    expect_counted(base, before, client.accepted)
+
+
+def test_node_lost_under_load(cluster: RealCluster) -> None:
+    """A worker's node lost outright under a retrying client: its kubelet, containerd, shims
+    and containers killed by pid at once. The node turns NotReady, its pods are evicted after
+    EVICT_AFTER_S, KubeRay starts a new worker on a node left, Serve and the consumer actors
+    move there, and every 202 is counted once in both stores. Recorded: the time until full
+    service (every Ray pod Ready, workers on distinct nodes, RayService Ready, /health)."""
+    base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
+    count = len(pod_nodes(cluster))
+    wait_for(lambda: full_service(cluster, base, count), "full service before", 600, 3)
+    # a namespace node: the host's node holds the bridge, DNS and forwarders of all three
+    target = worker_node_without_head(cluster, among={n.name for n in cluster.extra})
+    lost = next(n for n in cluster.extra if n.name == target)
+    before = stats(base)
+    with RetryingClient(base, retry_on=RETRY_ON) as client:
+        time.sleep(5)
+        started = time.monotonic()
+        killed = lost.kill()
+        cluster.record("node_lost_killed_pids", len(killed))
+        wait_for(lambda: not ready_on(cluster, target), "the node NotReady", 180, 2)
+        cluster.record("node_lost_not_ready_s", round(time.monotonic() - started, 1))
+        wait_for(lambda: full_service(cluster, base, count), "full service on the rest", 900, 3)
+        cluster.record("node_lost_full_service_s", round(time.monotonic() - started, 1))
+        accepted_then = len(client.accepted)
+        wait_for(lambda: len(client.accepted) > accepted_then + 20, "202s again", 300, 2)
+    assert target not in {node for _, node, _ in pod_nodes(cluster).values()}
+    cluster.record("node_lost_longest_wait_for_202_s", round(client.longest_gap_s, 1))
+    cluster.record("node_lost_statuses", {str(k): v for k, v in client.seen.items()})
+    assert client.accepted
+    expect_counted(base, before, client.accepted)
+
+
+def ready_on(cluster: RealCluster, node: str) -> bool:
+    found = cluster.plane.get_json("node", node)
+    return condition(found, "Ready") == "True"
