@@ -12,7 +12,7 @@ DEVSTACK := $(PY) -m devstack
 SYS_PY  ?= python3
 
 .PHONY: help unit install apt purge-rabbitmq venv lock jars up down status redeploy test lint \
-	docs proto screenshot generate cluster-build cluster-test cluster-down fuzz
+	docs proto screenshot generate cluster-build cluster-test node-chaos cluster-down fuzz
 
 help:  ## List every target with what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z-]+:[^#=]*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -96,6 +96,11 @@ cluster-build: venv  ## Build the cluster's Go binaries and container images (ca
 
 cluster-test: apt cluster-build  ## Only the Kubernetes tests (tests/cluster)
 	$(VENV)/bin/pytest -q tests/cluster
+
+# The real-node fault rounds under load (tests/cluster, marker node_faults): a worker's node
+# drained, a node lost with its containers, the Ray head pod deleted. Too long for `make test`.
+node-chaos: apt cluster-build  ## Real nodes drained and lost, the Ray head deleted, under load
+	NODE_FAULTS=1 $(VENV)/bin/pytest -q -m node_faults tests/cluster
 
 # Stops, by pid, a cluster (and its node) left by `python -m devstack.cluster up|node-up` or a
 # killed test run, and removes the node's bridge and iptables chains by name.

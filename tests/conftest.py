@@ -25,13 +25,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test by its folder, so ``-m offline`` / ``-m cluster`` keep working."""
+    """Mark every test by its folder, so ``-m offline`` / ``-m cluster`` keep working; the
+    long node fault rounds run only in ``make node-chaos``."""
     for item in items:
         folder = Path(str(item.fspath)).resolve().relative_to(HERE).parts[0]
         if folder == "unit":
             item.add_marker(pytest.mark.offline)
         elif folder == "cluster":
             item.add_marker(pytest.mark.cluster)
+        if item.get_closest_marker("node_faults") and os.environ.get("NODE_FAULTS") != "1":
+            item.add_marker(pytest.mark.skip(reason="a node fault round: `make node-chaos`"))
 
 
 @pytest.fixture(scope="session")

@@ -732,6 +732,7 @@ def ray_pods(cluster: RealCluster) -> dict[str, tuple[str, int]]:
 HEAD_LOSS_WATCH_S = 150  # past Ray's 60 s GCS reconnect timeout of the workers' raylets
 
 
+@pytest.mark.node_faults
 def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
     """The head pod deleted under a retrying client, with GCS fault tolerance (the GCS Redis
     outside the cluster, see gcs_redis_outside): the new head reloads the GCS from it, the
@@ -883,6 +884,7 @@ def full_service(cluster: RealCluster, base: str, count: int) -> bool:
 RETRY_ON = (None, 404, 500, 502, 503, 504)
 
 
+@pytest.mark.node_faults
 def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
     """``kubectl drain`` of a worker's node under a retrying client: the eviction goes through
     the workers' PodDisruptionBudget (one worker always available), the worker comes back on
@@ -914,6 +916,7 @@ def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
     expect_counted(base, before, client.accepted)
 
 
+@pytest.mark.node_faults
 def test_node_lost_under_load(cluster: RealCluster) -> None:
     """A worker's node lost outright under a retrying client: its kubelet, containerd, shims
     and containers killed by pid at once. The node turns NotReady, its pods are evicted after
