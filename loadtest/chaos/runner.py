@@ -26,6 +26,7 @@ from loadtest.chaos import (
     processes,
     replicated,
     retention,
+    scaleout,
 )
 from loadtest.chaos.core import (
     DRAIN_TIMEOUT_S,
@@ -55,6 +56,7 @@ ROUNDS: dict[str, Round] = {
     "redis_kill": Round(processes.redis_kill),
     "valkey_kill": Round(processes.valkey_kill),
     "consumers_kill": Round(processes.consumers_kill),
+    "consumer_actor_kill": Round(scaleout.consumer_actor_kill),
     "gateway_kill": Round(processes.gateway_kill),
     "consumers_redeploy": Round(processes.consumers_redeploy),
     "rabbitmq_memory_alarm": Round(processes.rabbitmq_memory_alarm),
