@@ -623,6 +623,7 @@ def active_cluster(cluster: RealCluster) -> str | None:
     return status.get("activeServiceStatus", {}).get("rayClusterName")
 
 
+@pytest.mark.node_faults
 def test_zero_downtime_upgrade(cluster: RealCluster) -> None:
     """A change to rayClusterConfig under a retrying client: a new RayCluster comes up, the
     Service switches to it, the old one is deleted, and every accepted tweet is counted
@@ -827,6 +828,7 @@ def ready_workers_on_distinct_nodes(cluster: RealCluster) -> bool:
     return len(ready) >= MIN_WORKERS and len(set(ready)) == len(ready)
 
 
+@pytest.mark.node_faults
 def test_workers_gateways_and_consumers_spread_over_the_nodes(cluster: RealCluster) -> None:
     """The workers on two nodes, the Gateway replicas (min_replicas 2 in this test) and the
     consumer actors (SPREAD) on both."""
