@@ -334,7 +334,8 @@ def resp_conf(folder: Path, port: int, tls: Certs | None) -> str:
         f"bind {LOCALHOST}",
         f"dir {folder}",
         'save ""',
-        "appendonly no",
+        "appendonly yes",  # a batch write waits for its AOF fsync (WAITAOF) before it returns
+        "appendfsync always",
         "user default off",
         f"user {USER} on >{PASSWORD} ~* &* +@all",
     ]
