@@ -351,7 +351,8 @@ def test_store_users_hold_hashes_and_the_least_privilege(tmp_path):
     assert "-@all +psync +replconf +ping" in users["replication"]
     assert "-@all" in users["sentinel"] and "+@all" not in users["sentinel"]
     conf = _store_conf(tmp_path)
-    assert f"masterauth {STORE_ENV['REPLICATION_PASSWORD']}\n" in conf
+    link_hex = "".join(f"\\x{byte:02x}" for byte in STORE_ENV["REPLICATION_PASSWORD"].encode())
+    assert f'masterauth "{link_hex}"\n' in conf
     assert "masteruser replication\n" in conf
     assert "replica-announce-ip redis-1.redis-headless\n" in conf
     assert oct((tmp_path / "out" / "store.conf").stat().st_mode & 0o777) == "0o600"

@@ -7,33 +7,27 @@
 #   REPLICATION_PASSWORD  the password of the stores' user "sentinel"
 #   MASTER_NAME           the name the primary is monitored under
 #   SENTINELS             "host:port ..." of the Sentinels (this one included)
-#   STORES                "host ..." of the data pods (port 6379)
+#   STORES                "host ..." of the data pods
 #   SELF / FIRST          this Sentinel's and the first data pod's stable name
 #   QUORUM                Sentinels that must agree the primary is down (2 of 3)
 #   DOWN_AFTER_MS         how long unanswered before a Sentinel calls the primary down
+#   STORE_PORT            the data pods' port (6379 unless set)
 set -eu
 out="$1"
+. "$(dirname "$0")/common.sh"
 for var in CLI REPLICATION_PASSWORD MASTER_NAME SENTINELS STORES SELF FIRST QUORUM DOWN_AFTER_MS; do
   eval "value=\${$var:-}"
   if [ -z "$value" ]; then echo "sentinel.sh: $var is empty" >&2; exit 1; fi
 done
 
-primary=""
-for sentinel in $SENTINELS; do
-  host="${sentinel%:*}"
-  [ "$host" = "$SELF" ] && continue
-  answer=$(timeout 3 "$CLI" -h "$host" -p "${sentinel##*:}" \
-    SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)
-  case "$answer" in
-    ""|*ERR*|*rror*) ;;
-    *) primary="$answer"; break ;;
-  esac
-done
+port="${STORE_PORT:-6379}"
+
+primary=$(primary_named_by_sentinels "$SELF")
 if [ -z "$primary" ]; then
   # The stores' password reaches redis-cli/valkey-cli through the environment only.
   export REDISCLI_AUTH="$REPLICATION_PASSWORD" VALKEYCLI_AUTH="$REPLICATION_PASSWORD"
   for store in $STORES; do
-    role=$(timeout 3 "$CLI" --no-auth-warning --user sentinel -h "$store" -p 6379 ROLE \
+    role=$(timeout 3 "$CLI" --no-auth-warning --user sentinel -h "$store" -p "$port" ROLE \
       2>/dev/null | head -n 1 || true)
     if [ "$role" = "master" ]; then primary="$store"; break; fi
   done
@@ -46,9 +40,9 @@ port 26379
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
 sentinel announce-ip $SELF
-sentinel monitor $MASTER_NAME $primary 6379 $QUORUM
+sentinel monitor $MASTER_NAME $primary $port $QUORUM
 sentinel auth-user $MASTER_NAME sentinel
-sentinel auth-pass $MASTER_NAME $REPLICATION_PASSWORD
+sentinel auth-pass $MASTER_NAME $(quoted "$REPLICATION_PASSWORD")
 sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER_MS
 sentinel failover-timeout $MASTER_NAME 60000
 sentinel parallel-syncs $MASTER_NAME 1

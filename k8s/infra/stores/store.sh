@@ -16,8 +16,10 @@
 #   SENTINELS          "host:port host:port ..."
 #   SELF / FIRST       this pod's and the first pod's stable name (pod.headless-service)
 #   DATA               the data directory (its appendonlydir is the AOF)
+#   STORE_PORT         the data pods' port (6379 unless set)
 set -eu
 out="$1"
+. "$(dirname "$0")/common.sh"
 for var in CLI PASSWORD REPLICATION_PASSWORD MASTER_NAME SENTINELS SELF FIRST DATA; do
   eval "value=\${$var:-}"
   if [ -z "$value" ]; then echo "store.sh: $var is empty" >&2; exit 1; fi
@@ -27,16 +29,9 @@ if [ "$PASSWORD" = "$REPLICATION_PASSWORD" ]; then
 fi
 
 sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+port="${STORE_PORT:-6379}"
 
-primary=""
-for sentinel in $SENTINELS; do
-  answer=$(timeout 3 "$CLI" -h "${sentinel%:*}" -p "${sentinel##*:}" \
-    SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)
-  case "$answer" in
-    ""|*ERR*|*rror*) ;;
-    *) primary="$answer"; break ;;
-  esac
-done
+primary=$(primary_named_by_sentinels)
 if [ -z "$primary" ]; then
   primary="$FIRST"
 elif [ "$primary" = "$SELF" ] && [ ! -d "$DATA/appendonlydir" ]; then
@@ -54,10 +49,10 @@ cat > "$out/store.conf.tmp" <<CONF
 aclfile $out/users.acl
 replica-announce-ip $SELF
 masteruser replication
-masterauth $REPLICATION_PASSWORD
+masterauth $(quoted "$REPLICATION_PASSWORD")
 CONF
 if [ "$primary" != "$SELF" ]; then
-  echo "replicaof $primary 6379" >> "$out/store.conf.tmp"
+  echo "replicaof $primary $port" >> "$out/store.conf.tmp"
 fi
 mv "$out/users.acl.tmp" "$out/users.acl"
 mv "$out/store.conf.tmp" "$out/store.conf"
