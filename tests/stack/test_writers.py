@@ -90,13 +90,16 @@ def _writer_connections() -> int:
 
 
 async def test_failed_topology_declaration_closes_its_connection() -> None:
-    """A dead-letter queue that exists with other arguments fails the declaration: every
-    failed attempt must close the connection it opened, not leak it."""
+    """A tweet exchange that exists with another type fails the declaration (a queue with
+    other arguments is used as it is, an exchange cannot be): every failed attempt must close
+    the connection it opened, not leak it."""
     names = _private_topology()
     connection = await aio_pika.connect(settings.rabbitmq_url)
     async with connection:
         channel = await connection.channel()
-        await channel.declare_queue(names["rabbitmq_dead_letter_queue"], durable=True)  # classic
+        await channel.declare_exchange(
+            names["rabbitmq_exchange"], aio_pika.ExchangeType.DIRECT, durable=True
+        )
     writer = RabbitChunkWriter(settings.model_copy(update=names))
     before = _writer_connections()
     try:
