@@ -60,6 +60,17 @@ async def post_all(client: httpx.AsyncClient, tweets: list[Tweet], singles: int)
     return [tweet_id for ids in await asyncio.gather(*jobs) for tweet_id in ids]
 
 
+async def wait_until_admitting(client: httpx.AsyncClient) -> None:
+    """Admission open for every broker and store (bounded wait): an earlier test's load or a
+    server it restarted may still hold it closed, and a 503 then is right, not a failure."""
+
+    async def admitting() -> bool:
+        health = (await client.get("/health")).json()
+        return all(reading["admitting"] for reading in health["admission"].values())
+
+    await wait_until(admitting, "admission open on every broker and store", WAIT_S)
+
+
 async def wait_for_counts(
     client: httpx.AsyncClient, before: dict[str, Any], expected: dict[str, Any]
 ) -> None:
