@@ -1,6 +1,7 @@
 """The replicated topology's short form, without Ray: each store loses its primary with its
-AOF under writes, and a Kafka broker loses its data directory under produce; nothing
-acknowledged may be lost.
+AOF under writes, the Redis primary is partitioned away with its writer (a failover on the
+other side, then the heal), and a Kafka broker loses its data directory under produce;
+nothing acknowledged may be lost.
 
     DEVSTACK_TOPOLOGY=replicated DEVSTACK_DIR=... python -m loadtest.replicated_smoke
 
@@ -21,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -28,6 +30,7 @@ from devstack import procs, stack
 from devstack.config import app_settings, topology
 from devstack.servers.replicated import _Sentinel
 from devstack.waits import apoll, poll
+from loadtest.chaos import network
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
 from serve_app.store.client import TweetStore, connect_store
@@ -127,6 +130,74 @@ async def store_failover(settings: Settings, store: str) -> dict[str, Any]:
     }
 
 
+ISOLATED_S = 10.0
+"""How long the primary stays cut off with the writer (the Sentinels' down-after is 3 s)."""
+
+
+def store_total(store: str, member: str, settings: Settings) -> int:
+    """``tweets:total`` as one member holds it, read directly (0 when it does not answer)."""
+    password = getattr(settings, f"{store}_password").get_secret_value() or None
+    client = redis.Redis(port=stack.get(member).ports()[0], password=password, socket_timeout=2)
+    try:
+        return int(client.get(KEYS.total) or 0)
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+
+
+async def store_partition(settings: Settings, store: str) -> dict[str, Any]:
+    """Write batches; a third of the way in, cut the primary off together with this writer
+    from the replica and the Sentinels, which fail over on their side, and heal after
+    ``ISOLATED_S``. The old primary applies the batch it is sent but no replica acknowledges
+    it, so the writer retries it until the new primary does; the old primary rejoins as a
+    replica and drops what it held alone. Every batch acknowledged is counted once."""
+    client = connect_store(settings, store)
+    tweet_store = TweetStore(client, settings)
+    sentinel = stack.get(f"{store}-sentinel-1")
+    assert isinstance(sentinel, _Sentinel)
+    before = int(await client.get(KEYS.total) or 0)
+    run = uuid.uuid4().hex[:10]
+    old = sentinel.primary()
+    isolated = member_at(store, old)
+    replica = next(m for m in (f"{store}-1", f"{store}-2") if m != isolated)
+    others = [stack.get(replica).ports()[0]]
+    others += [stack.get(f"{store}-sentinel-{i}").ports()[0] for i in (1, 2, 3)]
+    rules = network.isolation_rules(stack.get(isolated).ports()[0], others)
+    at_heal: dict[str, int] = {}
+
+    async def heal_later() -> None:
+        await asyncio.sleep(ISOLATED_S)
+        at_heal["old"] = await asyncio.to_thread(store_total, store, isolated, settings)
+        await asyncio.to_thread(network.heal)
+        at_heal["new"] = await asyncio.to_thread(store_total, store, replica, settings)
+
+    failures, acknowledged = 0, 0
+    healer: asyncio.Task[None] | None = None
+    try:
+        for batch in range(BATCHES):
+            if batch == BATCHES // 3:
+                await asyncio.to_thread(network.cut_by, rules)
+                healer = asyncio.create_task(heal_later())
+            failures += await write_until_done(tweet_store, tweets(run, batch))
+            acknowledged += 50
+        if healer is not None:
+            await healer
+    finally:
+        await asyncio.to_thread(network.heal)
+    counted = int(await client.get(KEYS.total) or 0) - before
+    await client.aclose()
+    return {
+        "acknowledged": acknowledged,
+        "counted": counted,
+        "failed_attempts": failures,
+        "old_primary": old,
+        "new_primary": sentinel.primary(),
+        "old_primary_role": stack.get(isolated).role(),
+        "only_on_the_old_primary": at_heal["old"] - at_heal["new"],
+    }
+
+
 async def kafka_broker_loss(settings: Settings) -> dict[str, Any]:
     """Produce (acks=all) to a topic of replication factor 3 and min ISR 2, lose broker 1
     with its data a third of the way in, start it empty; read every record back."""
@@ -197,6 +268,7 @@ async def smoke() -> dict[str, Any]:
     report: dict[str, Any] = {}
     for store in ("redis", "valkey"):
         report[store] = await store_failover(settings, store)
+    report["redis_partition"] = await store_partition(settings, "redis")
     report["kafka"] = await kafka_broker_loss(settings)
     return report
 

@@ -39,6 +39,16 @@ KAFKA_REPLICATED = (
 )
 SENTINEL_DOWN_AFTER_MS = 3000
 """How long a primary may not answer before the Sentinels agree it is down and fail over."""
+STORE_SIDE = "127.0.0.2"
+"""The address the store members and Sentinels connect out from (``bind-source-addr``);
+the application connects from 127.0.0.1. Both are loopback, but a partition rule can tell
+the two sides apart (loadtest/chaos/network.py): a primary cut off with its consumers.
+They still listen on 127.0.0.1 only, and announce that address."""
+STORE_SIDE_LINES = (
+    f"bind-source-addr {STORE_SIDE}",
+    # protected mode counts 127.0.0.2 as remote and, without a password, refuses it
+    "protected-mode no",
+)
 COOKIE = "weather-devstack-replicated-cookie"
 """The Erlang cookie the RabbitMQ nodes share (loopback-only distribution)."""
 
@@ -267,7 +277,7 @@ class _ReplicatedResp(_RespServer):
         # a consumer's WAITAOF for a replica ends on the primary's next wake-up (the
         # replica's first answer often predates its fsync): every 10 ms, not Redis's 100
         # (measured on a primary + replica: 1,200-1,500 -> 15,600 tweets/s; idle 0.005 cores)
-        extra = ["hz 100"]
+        extra = ["hz 100", *STORE_SIDE_LINES, f"replica-announce-ip {self.host}"]
         if self.password:
             extra.append(f"masterauth {self.password}")
         if self.index > 1:
@@ -333,6 +343,8 @@ class _Sentinel(Server):
         lines = [
             f"bind {LOCALHOST}",
             f"port {self.port}",
+            *STORE_SIDE_LINES,
+            f"sentinel announce-ip {LOCALHOST}",
             "daemonize no",
             'logfile ""',
             f"dir {self.dir}",

@@ -16,8 +16,11 @@ import asyncio
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from devstack.config import LOCALHOST
+from devstack.servers.replicated import STORE_SIDE
 from loadtest.chaos.core import Context, consumers, settings
 
 CHAIN = "WEATHER-CHAOS-PARTITION"
@@ -43,14 +46,41 @@ def iptables(*args: str) -> list[str]:
     return ["iptables", "-w", IPTABLES_WAIT_S, *args]
 
 
-def partition_commands(port: int) -> list[list[str]]:
-    """Create ``CHAIN`` dropping TCP to and from ``port`` and jump to it from INPUT on lo."""
+def port_rules(port: int, side: str | None = None) -> list[list[str]]:
+    """Match TCP to and from ``port``; with ``side``, only what an address of that side
+    sends to it and what it answers there."""
+    source = ["-s", side] if side else []
+    destination = ["-d", side] if side else []
+    return [
+        [*source, "-p", "tcp", "--dport", str(port)],
+        [*destination, "-p", "tcp", "--sport", str(port)],
+    ]
+
+
+def isolation_rules(primary: int, others: Sequence[int]) -> list[list[str]]:
+    """A store primary cut off together with the application: the store side (its replica
+    and Sentinels, connecting from ``STORE_SIDE``) no longer reaches ``primary``, and the
+    application side (127.0.0.1) no longer reaches ``others`` (the replica, the Sentinels).
+    The Sentinels still reach each other and the replica, so they fail over on their side."""
+    rules = port_rules(primary, STORE_SIDE)
+    for port in others:
+        rules += port_rules(port, LOCALHOST)
+    return rules
+
+
+def chain_commands(rules: Sequence[list[str]]) -> list[list[str]]:
+    """Create ``CHAIN`` dropping what each of ``rules`` matches, and jump to it from INPUT
+    on lo."""
     return [
         iptables("-N", CHAIN),
-        iptables("-A", CHAIN, "-p", "tcp", "--dport", str(port), "-j", "DROP"),
-        iptables("-A", CHAIN, "-p", "tcp", "--sport", str(port), "-j", "DROP"),
+        *(iptables("-A", CHAIN, *rule, "-j", "DROP") for rule in rules),
         iptables("-I", *JUMP[:1], "1", *JUMP[1:]),
     ]
+
+
+def partition_commands(port: int) -> list[list[str]]:
+    """Create ``CHAIN`` dropping TCP to and from ``port`` and jump to it from INPUT on lo."""
+    return chain_commands(port_rules(port))
 
 
 def rule_deletions(listing: str) -> list[list[str]]:
@@ -103,9 +133,14 @@ def heal() -> list[str]:
 
 def cut(port: int) -> None:
     """Drop TCP to and from ``port`` on lo (healing first if a killed run left a chain)."""
+    cut_by(port_rules(port))
+
+
+def cut_by(rules: Sequence[list[str]]) -> None:
+    """Drop what ``rules`` match on lo (healing first if a killed run left a chain)."""
     require_iptables()
     heal()
-    for cmd in partition_commands(port):
+    for cmd in chain_commands(rules):
         done = _run(cmd)
         if done.returncode != 0:
             heal()

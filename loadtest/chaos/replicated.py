@@ -5,7 +5,9 @@ member comes back empty and is filled from the others.
 Rounds: a Kafka broker wiped and started empty; the RabbitMQ node leading the tweet queue
 wiped (forgotten by the cluster, joined again blank, its quorum queue member grown back);
 the Redis or Valkey primary killed and its AOF wiped (the Sentinels fail over first, then
-it returns as a replica); two losses in a row (a broker, then a store).
+it returns as a replica); the Redis or Valkey primary partitioned away together with the
+application (a failover on the other side, then the heal); two losses in a row (a broker,
+then a store).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
+
 from devstack import stack
 from devstack.config import topology
-from devstack.servers.replicated import RabbitNode, _Sentinel
+from devstack.servers.replicated import STORE_SIDE, RabbitNode, _Sentinel
 from devstack.waits import apoll
+from loadtest.chaos import network
 from loadtest.chaos.core import Context, settings
 from loadtest.chaos.processes import signal_session
+from serve_app.store.core import KEYS
 
 FAILOVER_TIMEOUT_S = 60.0
 """How long the Sentinels may take to name a new primary (down-after is 3 s)."""
@@ -148,6 +154,90 @@ async def redis_primary_wipe(ctx: Context) -> None:
 
 async def valkey_primary_wipe(ctx: Context) -> None:
     await store_primary_wipe("valkey", ctx)
+
+
+ISOLATED_S = 15.0
+"""How long a primary stays cut off: the Sentinels (down-after 3 s) fail over well within."""
+
+
+def _total(store: str, member: str) -> int:
+    """``tweets:total`` as one member holds it (0 when it does not answer)."""
+    server = stack.get(member)
+    password = getattr(settings, f"{store}_password").get_secret_value() or None
+    client = redis.Redis(port=server.ports()[0], password=password, socket_timeout=2)
+    try:
+        return int(client.get(KEYS.total) or 0)
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+
+
+def _require_store_side(store: str) -> None:
+    """Members and Sentinels configured to connect out from ``STORE_SIDE`` (configs are
+    written once, so a replicated stack made before that setting lacks it)."""
+    names = [f"{store}-{i}" for i in (1, 2)] + [f"{store}-sentinel-{i}" for i in (1, 2, 3)]
+    for name in names:
+        server = stack.get(name)
+        conf = server.dir / ("sentinel.conf" if "sentinel" in name else f"{name}.conf")
+        if f"bind-source-addr {STORE_SIDE}" not in conf.read_text():
+            raise RuntimeError(
+                f"{conf} has no bind-source-addr {STORE_SIDE}: `make down`, remove "
+                f"{server.dir.parent}/{store}-* and `make up TOPOLOGY=replicated` again"
+            )
+
+
+async def store_primary_isolated(store: str, ctx: Context) -> None:
+    """The primary cut off together with the application from its replica and Sentinels
+    for ``ISOLATED_S``: the consumer goes on writing to it, the Sentinels promote the
+    replica on their side, then the partition heals and the old primary rejoins as a
+    replica, throwing away what it took alone. Nothing is lost because the consumer
+    committed none of it: its WAITAOF saw no replica, so it writes it again to the new
+    primary (the scripts are idempotent). The round records how many counts only the
+    old primary held at the heal: what a failover alone would have lost."""
+    _replicated()
+    _require_store_side(store)
+    sentinel = _sentinel(store)
+    old = await asyncio.to_thread(sentinel.primary)
+    isolated = _member_at(store, old)
+    replica = next(m for m in (f"{store}-1", f"{store}-2") if m != isolated)
+    sentinels = [stack.get(f"{store}-sentinel-{i}").ports()[0] for i in (1, 2, 3)]
+    others = [stack.get(replica).ports()[0], *sentinels]
+    ctx.notes[f"{store}_old_primary"] = old
+    await asyncio.to_thread(
+        network.cut_by, network.isolation_rules(stack.get(isolated).ports()[0], others)
+    )
+    try:
+        await asyncio.sleep(ISOLATED_S)
+        alone = await asyncio.to_thread(_total, store, isolated)
+    finally:
+        ctx.notes["healed"] = await asyncio.to_thread(network.heal)
+    promoted_total = await asyncio.to_thread(_total, store, replica)
+    ctx.notes[f"{store}_only_on_the_old_primary"] = alone - promoted_total
+    ctx.checks["rules_removed"] = not await asyncio.to_thread(network.chain_exists)
+    new = await asyncio.to_thread(sentinel.primary)
+    ctx.notes[f"{store}_new_primary"] = new
+    ctx.checks["failed_over_on_the_far_side"] = (
+        _member_at(store, new) == replica if new != "?" else False
+    )
+    started = time.monotonic()
+    member = stack.get(isolated)
+
+    async def rejoined() -> bool:
+        return (await asyncio.to_thread(member.role)) == "slave"
+
+    ctx.checks["old_primary_rejoined_as_replica"] = await apoll(
+        rejoined, timeout=FAILOVER_TIMEOUT_S, every=0.5
+    )
+    ctx.notes[f"{store}_rejoined_s"] = round(time.monotonic() - started, 1)
+
+
+async def redis_primary_partition(ctx: Context) -> None:
+    await store_primary_isolated("redis", ctx)
+
+
+async def valkey_primary_partition(ctx: Context) -> None:
+    await store_primary_isolated("valkey", ctx)
 
 
 async def broker_then_store(ctx: Context) -> None:

@@ -100,6 +100,8 @@ REPLICATED: dict[str, Round] = {
     "redis_primary_wipe": Round(replicated.redis_primary_wipe),
     "valkey_primary_wipe": Round(replicated.valkey_primary_wipe),
     "broker_then_store": Round(replicated.broker_then_store, load_s=60.0),
+    "redis_primary_partition": Round(replicated.redis_primary_partition, load_s=45.0),
+    "valkey_primary_partition": Round(replicated.valkey_primary_partition, load_s=45.0),
 }
 """Losses of a machine: only on the replicated topology (`make up TOPOLOGY=replicated`)."""
 ROUNDS.update(REPLICATED)

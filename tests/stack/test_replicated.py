@@ -1,8 +1,9 @@
 """The replicated topology's short form (the rounds under load are in `make chaos` on
 `make up TOPOLOGY=replicated`): its infrastructure started on ports and in a directory of
 its own, beside the shared stack and without Ray; a store primary lost with its AOF
-(Redis, then Valkey) and a Kafka broker lost with its data, under writes; every write the
-store or broker acknowledged is still there afterwards, counted once."""
+(Redis, then Valkey), the Redis primary partitioned away with its writer, and a Kafka
+broker lost with its data, under writes; every write the store or broker acknowledged is
+still there afterwards, counted once."""
 
 from __future__ import annotations
 
@@ -77,3 +78,7 @@ def test_a_lost_primary_or_broker_loses_nothing_acknowledged(replicated: dict[st
         assert seen["new_primary"] != seen["old_primary"], seen
         assert seen["counted"] == seen["acknowledged"] > 0, seen
     assert report["kafka"]["read_back"] == report["kafka"]["acknowledged"] > 0, report
+    cut = report["redis_partition"]
+    assert cut["new_primary"] != cut["old_primary"] and cut["old_primary_role"] == "slave", cut
+    assert cut["only_on_the_old_primary"] > 0, f"the partition lost nothing to replay: {cut}"
+    assert cut["counted"] == cut["acknowledged"] > 0, cut

@@ -113,6 +113,43 @@ def test_partition_rules_are_ours_on_loopback_only() -> None:
     assert {c[c.index("-p") + 2] for c in drops} == {"--dport", "--sport"}
 
 
+def _dropped(rules: list[list[str]], src: str, sport: int, dst: str, dport: int) -> bool:
+    """Whether one TCP packet matches a rule (``-s``/``-d``/``--sport``/``--dport`` only)."""
+    packet = {"-s": src, "-d": dst, "--sport": str(sport), "--dport": str(dport)}
+    for rule in rules:
+        wanted = {rule[i]: rule[i + 1] for i in range(0, len(rule), 2) if rule[i] != "-p"}
+        if all(packet[key] == value for key, value in wanted.items()):
+            return True
+    return False
+
+
+def test_an_isolated_primary_keeps_the_app_and_loses_its_replica_and_sentinels() -> None:
+    app, side = "127.0.0.1", network.STORE_SIDE
+    primary, replica, sentinels = 21379, 21389, (21400, 21401)
+    rules = network.isolation_rules(primary, [replica, *sentinels])
+    assert [r for r in network.chain_commands(rules) if "DROP" in r][0][3:5] == [
+        "-A",
+        network.CHAIN,
+    ]
+    cut = [
+        (side, 40001, app, primary),  # the replica syncing, a Sentinel pinging
+        (app, primary, side, 40001),  # the primary's answers
+        (app, 40002, app, replica),  # the consumer finding the promoted replica
+        (app, 40002, app, sentinels[0]),  # ... or asking a Sentinel
+        (app, sentinels[1], app, 40002),
+    ]
+    kept = [
+        (app, 40003, app, primary),  # the consumer still writes to the old primary
+        (app, primary, app, 40003),
+        (side, 40004, app, sentinels[0]),  # Sentinels reach each other ...
+        (side, 40004, app, replica),  # ... and the replica they promote
+        (app, replica, side, 40004),
+        (app, 40005, app, 9092),  # Kafka
+    ]
+    assert all(_dropped(rules, *packet) for packet in cut)
+    assert not any(_dropped(rules, *packet) for packet in kept)
+
+
 def test_removal_is_by_exact_spec_of_our_chain_only() -> None:
     listing = (
         f"-N {network.CHAIN}\n"
