@@ -37,7 +37,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devstack import stack
 from devstack.config import stack_config
-from loadtest.chaos.core import FAULT_AT_S, Context, health, settings, topic_partitions
+from loadtest.chaos.core import FAULT_AT_S, Context, Setup, health, settings, topic_partitions
 from loadtest.counters import Counters
 from serve_app.store.core import KEYS
 from serve_app.store.repair import RepairPlan, open_marker_stores, repair
@@ -129,17 +129,14 @@ async def short_retention(ctx: Context) -> AsyncIterator[None]:
 
 
 # --- putting the shared stack back after a skip ------------------------------------------
-REPAIR_TAG = "chaos-redis_outage_past_retention_check-"
-"""Ids of the long round's load (TweetFactory: ``<tag>-...``)."""
-
-
-async def repair_skipped(prefix: str = REPAIR_TAG) -> dict[str, Any]:
-    """After the long round, make Redis equal to Valkey again for the round's tweets that
-    Kafka deleted unread, as ``weather repair --into redis --prefix <tag> --clear-skip-report
-    --apply`` does (:mod:`serve_app.store.repair`): each marker Redis lacks is set and its
-    tweet counted, once. The skip report is the round's own (the setup refuses to start
-    with one there), so it goes once every id of the round is repaired. Other agents share
-    the stack, and a permanent difference would fail every later `make verify`."""
+async def repair_skipped(prefix: str) -> dict[str, Any]:
+    """After a round whose Kafka deleted unread records, make Redis equal to Valkey again for
+    the round's tweets (ids starting ``prefix``), as ``weather repair --into redis --prefix
+    <tag> --clear-skip-report --apply`` does (:mod:`serve_app.store.repair`): each marker
+    Redis lacks is set and its tweet counted, once. The skip report is the round's own (the
+    setup refuses to start with one there), so it goes once every id of the round is
+    repaired. Other agents share the stack, and a permanent difference would fail every
+    later `make verify`."""
     stores = open_marker_stores(settings)
     plan = RepairPlan(into=("redis",), prefix=prefix, apply=True, clear_skip_report=True)
     try:
@@ -155,17 +152,22 @@ async def repair_skipped(prefix: str = REPAIR_TAG) -> dict[str, Any]:
     }
 
 
-@contextlib.asynccontextmanager
-async def short_retention_repaired(ctx: Context) -> AsyncIterator[None]:
-    """:func:`short_retention`, and Redis repaired from Valkey afterwards (see
-    :func:`repair_skipped`); refuses to start if a skip report is already there."""
-    stats = await counters_http_stats()
-    assert not stats, f"Redis already reports skipped records {stats}: not ours to drop"
-    async with short_retention(ctx):
-        try:
-            yield
-        finally:
-            ctx.notes["repaired"] = await repair_skipped()
+def short_retention_repaired(round_name: str) -> Setup:
+    """:func:`short_retention`, and Redis repaired from Valkey afterwards for the round's ids
+    (``chaos-<round>-``, see :func:`repair_skipped`); refuses to start if a skip report is
+    already there (it would not be the round's to clear)."""
+
+    @contextlib.asynccontextmanager
+    async def setup(ctx: Context) -> AsyncIterator[None]:
+        stats = await counters_http_stats()
+        assert not stats, f"Redis already reports skipped records {stats}: not ours to drop"
+        async with short_retention(ctx):
+            try:
+                yield
+            finally:
+                ctx.notes["repaired"] = await repair_skipped(f"chaos-{round_name}-")
+
+    return setup
 
 
 async def counters_http_stats() -> dict[str, int]:

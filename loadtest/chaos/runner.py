@@ -72,14 +72,14 @@ ROUNDS: dict[str, Round] = {
     ),
     "redis_outage_retention": Round(
         retention.redis_outage_retention,
-        setup=retention.short_retention,
+        setup=retention.short_retention_repaired("redis_outage_retention"),
         load_s=retention.DOWN_S + 15,
         skips_allowed=True,
         refusals_expected=True,
     ),
     "redis_outage_past_retention_check": Round(
         retention.redis_outage_past_retention_check,
-        setup=retention.short_retention_repaired,
+        setup=retention.short_retention_repaired("redis_outage_past_retention_check"),
         load_s=retention.SHORT_LOAD_S,
         skips_allowed=True,
     ),
