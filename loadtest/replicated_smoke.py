@@ -20,9 +20,9 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -31,6 +31,7 @@ from devstack.config import app_settings, topology
 from devstack.servers.replicated import _Sentinel
 from devstack.waits import apoll, poll
 from loadtest.chaos import network
+from loadtest.chaos.replicated import isolation_of, member_at, member_total
 from serve_app.model.schema import Tweet
 from serve_app.settings import Settings
 from serve_app.store.client import TweetStore, connect_store
@@ -73,15 +74,6 @@ def tweets(run: str, batch: int) -> list[CountedTweet]:
     ]
 
 
-def member_at(store: str, address: str) -> str:
-    """The member (``redis-1``...) listening on ``host:port``."""
-    port = int(address.rsplit(":", 1)[1])
-    for index in (1, 2):
-        if stack.get(f"{store}-{index}").ports() == [port]:
-            return f"{store}-{index}"
-    raise RuntimeError(f"no {store} member on {address}")
-
-
 async def write_until_done(store: TweetStore, batch: list[CountedTweet]) -> int:
     """Write one batch until the store acknowledges it durable; returns the failures seen."""
     for failures in range(ATTEMPTS):
@@ -93,9 +85,12 @@ async def write_until_done(store: TweetStore, batch: list[CountedTweet]) -> int:
     raise RuntimeError(f"a batch was not acknowledged in {ATTEMPTS} attempts")
 
 
-async def store_failover(settings: Settings, store: str) -> dict[str, Any]:
-    """Write batches, lose the primary and its AOF a third of the way in, start it again
-    once the Sentinels promoted the replica; every acknowledged tweet must be counted."""
+async def durable_writes(
+    settings: Settings, store: str, fault: Callable[[str], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Write ``BATCHES`` batches durably, retrying each as a consumer does; ``fault`` runs
+    a third of the way in (given the primary's member name; what it returns is reported).
+    Every acknowledged tweet must be counted once."""
     client = connect_store(settings, store)
     tweet_store = TweetStore(client, settings)
     sentinel = stack.get(f"{store}-sentinel-1")
@@ -103,99 +98,79 @@ async def store_failover(settings: Settings, store: str) -> dict[str, Any]:
     before = int(await client.get(KEYS.total) or 0)
     run = uuid.uuid4().hex[:10]
     old = sentinel.primary()
-    lost = member_at(store, old)
-    failures, failover_s, acknowledged = 0, 0.0, 0
-    for batch in range(BATCHES):
-        if batch == BATCHES // 3:
-            await asyncio.to_thread(kill_and_wipe, lost)
-            lost_at = time.monotonic()
-
-            async def promoted() -> bool:
-                return await asyncio.to_thread(sentinel.primary) not in (old, "?")
-
-            await apoll(promoted, timeout=60, every=0.3)
-            failover_s = time.monotonic() - lost_at
-            await asyncio.to_thread(stack.start, lost)
-        failures += await write_until_done(tweet_store, tweets(run, batch))
-        acknowledged += 50
-    counted = int(await client.get(KEYS.total) or 0) - before
-    await client.aclose()
+    failures, acknowledged, seen = 0, 0, {}
+    try:
+        for batch in range(BATCHES):
+            if batch == BATCHES // 3:
+                seen = await fault(member_at(store, old))
+            failures += await write_until_done(tweet_store, tweets(run, batch))
+            acknowledged += 50
+        counted = int(await client.get(KEYS.total) or 0) - before
+    finally:
+        await client.aclose()
     return {
         "acknowledged": acknowledged,
         "counted": counted,
         "failed_attempts": failures,
         "old_primary": old,
         "new_primary": sentinel.primary(),
-        "failover_s": round(failover_s, 1),
+        **seen,
     }
+
+
+async def store_failover(settings: Settings, store: str) -> dict[str, Any]:
+    """The primary lost with its AOF; started again once the Sentinels promoted the replica."""
+    sentinel = stack.get(f"{store}-sentinel-1")
+    assert isinstance(sentinel, _Sentinel)
+
+    async def lose(primary: str) -> dict[str, Any]:
+        old = sentinel.primary()
+        await asyncio.to_thread(kill_and_wipe, primary)
+        lost_at = time.monotonic()
+
+        async def promoted() -> bool:
+            return await asyncio.to_thread(sentinel.primary) not in (old, "?")
+
+        await apoll(promoted, timeout=60, every=0.3)
+        failover_s = time.monotonic() - lost_at
+        await asyncio.to_thread(stack.start, primary)
+        return {"failover_s": round(failover_s, 1)}
+
+    return await durable_writes(settings, store, lose)
 
 
 ISOLATED_S = 10.0
 """How long the primary stays cut off with the writer (the Sentinels' down-after is 3 s)."""
 
 
-def store_total(store: str, member: str, settings: Settings) -> int:
-    """``tweets:total`` as one member holds it, read directly (0 when it does not answer)."""
-    password = getattr(settings, f"{store}_password").get_secret_value() or None
-    client = redis.Redis(port=stack.get(member).ports()[0], password=password, socket_timeout=2)
-    try:
-        return int(client.get(KEYS.total) or 0)
-    except redis.RedisError:
-        return 0
-    finally:
-        client.close()
-
-
 async def store_partition(settings: Settings, store: str) -> dict[str, Any]:
-    """Write batches; a third of the way in, cut the primary off together with this writer
-    from the replica and the Sentinels, which fail over on their side, and heal after
-    ``ISOLATED_S``. The old primary applies the batch it is sent but no replica acknowledges
-    it, so the writer retries it until the new primary does; the old primary rejoins as a
-    replica and drops what it held alone. Every batch acknowledged is counted once."""
-    client = connect_store(settings, store)
-    tweet_store = TweetStore(client, settings)
-    sentinel = stack.get(f"{store}-sentinel-1")
-    assert isinstance(sentinel, _Sentinel)
-    before = int(await client.get(KEYS.total) or 0)
-    run = uuid.uuid4().hex[:10]
-    old = sentinel.primary()
-    isolated = member_at(store, old)
-    replica = next(m for m in (f"{store}-1", f"{store}-2") if m != isolated)
-    others = [stack.get(replica).ports()[0]]
-    others += [stack.get(f"{store}-sentinel-{i}").ports()[0] for i in (1, 2, 3)]
-    rules = network.isolation_rules(stack.get(isolated).ports()[0], others)
-    at_heal: dict[str, int] = {}
+    """The primary cut off together with this writer from the replica and the Sentinels,
+    which fail over on their side; healed after ``ISOLATED_S`` (in the background: the
+    writer keeps retrying meanwhile). The old primary applies the batch it is sent but no
+    replica acknowledges it, so the writer retries it until the new primary does; the old
+    primary rejoins as a replica and drops what it held alone."""
+    healed: list[asyncio.Task[dict[str, Any]]] = []
 
-    async def heal_later() -> None:
+    async def heal_later(isolated: str, replica: str) -> dict[str, Any]:
         await asyncio.sleep(ISOLATED_S)
-        at_heal["old"] = await asyncio.to_thread(store_total, store, isolated, settings)
+        old = await asyncio.to_thread(member_total, store, isolated)
         await asyncio.to_thread(network.heal)
-        at_heal["new"] = await asyncio.to_thread(store_total, store, replica, settings)
+        new = await asyncio.to_thread(member_total, store, replica)
+        return {"only_on_the_old_primary": old - new}
 
-    failures, acknowledged = 0, 0
-    healer: asyncio.Task[None] | None = None
+    async def isolate(primary: str) -> dict[str, Any]:
+        replica, rules = isolation_of(store, primary)
+        await asyncio.to_thread(network.cut_by, rules)
+        healed.append(asyncio.create_task(heal_later(primary, replica)))
+        return {"isolated": primary}
+
     try:
-        for batch in range(BATCHES):
-            if batch == BATCHES // 3:
-                await asyncio.to_thread(network.cut_by, rules)
-                healer = asyncio.create_task(heal_later())
-            failures += await write_until_done(tweet_store, tweets(run, batch))
-            acknowledged += 50
-        if healer is not None:
-            await healer
+        report = await durable_writes(settings, store, isolate)
+        report.update(await healed[0])
     finally:
         await asyncio.to_thread(network.heal)
-    counted = int(await client.get(KEYS.total) or 0) - before
-    await client.aclose()
-    return {
-        "acknowledged": acknowledged,
-        "counted": counted,
-        "failed_attempts": failures,
-        "old_primary": old,
-        "new_primary": sentinel.primary(),
-        "old_primary_role": stack.get(isolated).role(),
-        "only_on_the_old_primary": at_heal["old"] - at_heal["new"],
-    }
+    report["old_primary_role"] = stack.get(report["isolated"]).role()
+    return report
 
 
 async def kafka_broker_loss(settings: Settings) -> dict[str, Any]:

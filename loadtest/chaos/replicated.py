@@ -117,7 +117,7 @@ def _sentinel(store: str) -> _Sentinel:
     return found
 
 
-def _member_at(store: str, address: str) -> str:
+def member_at(store: str, address: str) -> str:
     port = int(address.rsplit(":", 1)[1])
     for index in (1, 2):
         if stack.get(f"{store}-{index}").ports() == [port]:
@@ -132,7 +132,7 @@ async def store_primary_wipe(store: str, ctx: Context) -> None:
     _replicated()
     sentinel = _sentinel(store)
     old = await asyncio.to_thread(sentinel.primary)
-    lost = _member_at(store, old)
+    lost = member_at(store, old)
     ctx.notes[f"{store}_old_primary"] = old
     await _kill(lost, ctx)
     _wipe(stack.get(lost).dir / "data")
@@ -160,7 +160,7 @@ ISOLATED_S = 15.0
 """How long a primary stays cut off: the Sentinels (down-after 3 s) fail over well within."""
 
 
-def _total(store: str, member: str) -> int:
+def member_total(store: str, member: str) -> int:
     """``tweets:total`` as one member holds it (0 when it does not answer)."""
     server = stack.get(member)
     password = getattr(settings, f"{store}_password").get_secret_value() or None
@@ -187,6 +187,15 @@ def _require_store_side(store: str) -> None:
             )
 
 
+def isolation_of(store: str, primary: str) -> tuple[str, list[list[str]]]:
+    """The other member of ``store`` and the rules that cut ``primary`` (a member name) off
+    together with the application from it and the store's three Sentinels."""
+    replica = next(m for m in (f"{store}-1", f"{store}-2") if m != primary)
+    others = [stack.get(replica).ports()[0]]
+    others += [stack.get(f"{store}-sentinel-{i}").ports()[0] for i in (1, 2, 3)]
+    return replica, network.isolation_rules(stack.get(primary).ports()[0], others)
+
+
 async def store_primary_isolated(store: str, ctx: Context) -> None:
     """The primary cut off together with the application from its replica and Sentinels
     for ``ISOLATED_S``: the consumer goes on writing to it, the Sentinels promote the
@@ -199,26 +208,22 @@ async def store_primary_isolated(store: str, ctx: Context) -> None:
     _require_store_side(store)
     sentinel = _sentinel(store)
     old = await asyncio.to_thread(sentinel.primary)
-    isolated = _member_at(store, old)
-    replica = next(m for m in (f"{store}-1", f"{store}-2") if m != isolated)
-    sentinels = [stack.get(f"{store}-sentinel-{i}").ports()[0] for i in (1, 2, 3)]
-    others = [stack.get(replica).ports()[0], *sentinels]
+    isolated = member_at(store, old)
+    replica, rules = isolation_of(store, isolated)
     ctx.notes[f"{store}_old_primary"] = old
-    await asyncio.to_thread(
-        network.cut_by, network.isolation_rules(stack.get(isolated).ports()[0], others)
-    )
+    await asyncio.to_thread(network.cut_by, rules)
     try:
         await asyncio.sleep(ISOLATED_S)
-        alone = await asyncio.to_thread(_total, store, isolated)
+        alone = await asyncio.to_thread(member_total, store, isolated)
     finally:
         ctx.notes["healed"] = await asyncio.to_thread(network.heal)
-    promoted_total = await asyncio.to_thread(_total, store, replica)
+    promoted_total = await asyncio.to_thread(member_total, store, replica)
     ctx.notes[f"{store}_only_on_the_old_primary"] = alone - promoted_total
     ctx.checks["rules_removed"] = not await asyncio.to_thread(network.chain_exists)
     new = await asyncio.to_thread(sentinel.primary)
     ctx.notes[f"{store}_new_primary"] = new
     ctx.checks["failed_over_on_the_far_side"] = (
-        _member_at(store, new) == replica if new != "?" else False
+        member_at(store, new) == replica if new != "?" else False
     )
     started = time.monotonic()
     member = stack.get(isolated)
