@@ -13,6 +13,7 @@ then a store).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import subprocess
@@ -180,7 +181,10 @@ def _require_store_side(store: str) -> None:
     for name in names:
         server = stack.get(name)
         conf = server.dir / ("sentinel.conf" if "sentinel" in name else f"{name}.conf")
-        if f"bind-source-addr {STORE_SIDE}" not in conf.read_text():
+        # a Sentinel's CONFIG REWRITE quotes the value
+        if not re.search(
+            rf'^bind-source-addr "?{re.escape(STORE_SIDE)}"?$', conf.read_text(), re.M
+        ):
             raise RuntimeError(
                 f"{conf} has no bind-source-addr {STORE_SIDE}: `make down`, remove "
                 f"{server.dir.parent}/{store}-* and `make up TOPOLOGY=replicated` again"
