@@ -226,9 +226,7 @@ async def store_primary_isolated(store: str, ctx: Context) -> None:
     ctx.checks["rules_removed"] = not await asyncio.to_thread(network.chain_exists)
     new = await asyncio.to_thread(sentinel.primary)
     ctx.notes[f"{store}_new_primary"] = new
-    ctx.checks["failed_over_on_the_far_side"] = (
-        member_at(store, new) == replica if new != "?" else False
-    )
+    ctx.checks["failed_over_on_the_far_side"] = new != "?" and member_at(store, new) == replica
     started = time.monotonic()
     member = stack.get(isolated)
 
