@@ -42,6 +42,7 @@ REPO = build.ROOT
 PORTS = {
     "kafka": (9092, 21092),
     "rabbitmq": (5672, 21672),
+    "rabbitmq-management": (15672, 21673),
     "redis": (6379, 21379),
     "valkey": (6379, 21380),
 }
@@ -49,6 +50,14 @@ KAFKA_CONTROLLER_PORT = 21093
 GCS_REDIS_PORT = 21390
 KAFKA_HEAP = "384m"
 START_TIMEOUT_S = 120.0
+
+
+def slice_port(name: str) -> tuple[str, str]:
+    """The Service of k8s/external/external.yaml that the forwarder ``name`` of PORTS stands
+    behind, and the name of its port there (``rabbitmq-management``: ``rabbitmq``'s
+    ``management``)."""
+    service, _, port = name.partition("-")
+    return service, port or service
 
 
 def accepts(host: str, port: int) -> bool:
