@@ -848,8 +848,11 @@ from ray.util.state import list_actors
 ray.init(address="auto", logging_level="ERROR")
 ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 actors = list_actors(filters=[("state", "=", "ALIVE")], limit=2000, raise_on_missing_output=False)
-print(json.dumps([[a.class_name, a.name, ips.get(a.node_id)] for a in actors]))
+print("PLACED " + json.dumps([[a.class_name, a.name, ips.get(a.node_id)] for a in actors]))
 """
+# The driver also prints the autoscaler's events ("(autoscaler +0s) Resized to 3 CPUs.") to
+# stdout, before or after that line: the answer is the line with this mark.
+PLACED_MARK = "PLACED "
 
 
 def pod_nodes(cluster: RealCluster) -> dict[str, tuple[str, str, str]]:
@@ -873,7 +876,10 @@ def live_actors(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> 
     out = cluster.kubectl(
         "-n", NAMESPACE, "exec", head, "-c", "ray-head", "--", "python", "-c", PLACEMENT_SCRIPT
     )
-    return json.loads(out.strip().splitlines()[-1])
+    placed = [line for line in out.splitlines() if line.startswith(PLACED_MARK)]
+    if not placed:
+        raise RuntimeError(f"no placement in the head's answer: {out[-500:]!r}")
+    return json.loads(placed[-1].removeprefix(PLACED_MARK))
 
 
 def actor_nodes(cluster: RealCluster) -> dict[str, list[str]]:
