@@ -770,7 +770,7 @@ def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCl
     def no_idle_worker_left() -> bool:
         """The minimum again, or more workers each still holding work: Serve's default
         (spread) placement does not move a replica off the added worker, and a worker
-        with a replica is not idle (docs/kubernetes.md, "Autoscaling")."""
+        with a replica is not idle (docs/kubernetes.md, "Scaling")."""
         workers = set(worker_pods(cluster))
         left["workers"], left["holding_work"] = sorted(workers), workers_holding_work(cluster)
         return len(workers) == MIN_WORKERS or workers == left["holding_work"]
