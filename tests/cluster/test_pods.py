@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -753,12 +753,16 @@ def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCl
         cluster.record("autoscaler_worker_added_s", round(time.monotonic() - started, 1))
         added = [p for p in worker_pods(cluster) if p not in first]
         wait_for(
-            lambda: all(condition(cluster.get("pod", p), "Ready") == "True" for p in added),
-            "the new worker Ready",
+            lambda: ray_pods_serving(cluster, names=added),
+            "the new worker in Ray (and Ready if it holds a replica)",
             600,
             3,
         )
-        cluster.record("autoscaler_worker_ready_s", round(time.monotonic() - started, 1))
+        cluster.record("autoscaler_worker_in_ray_s", round(time.monotonic() - started, 1))
+        cluster.record(
+            "autoscaler_new_worker_ready",
+            {p: condition(cluster.get("pod", p), "Ready") for p in added},
+        )
     cluster.record("autoscaler_load_statuses", dict(load.statuses))
     cluster.record("autoscaler_load_refusals", dict(load.refusals))
     blind = {reason: n for reason, n in load.refusals.items() if "unknown" in reason}
@@ -806,7 +810,7 @@ def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
     for a 202 is measured over a window longer than Ray's default 60 s GCS reconnect timeout,
     not bounded. What must hold: the worker's Ray was not restarted, nothing accepted is lost
     (every 202 counted exactly once in both stores) and the RayService is Ready again with
-    every Ray pod Ready."""
+    every Ray pod serving (:func:`pod_serving`)."""
     base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
     pods_before = ray_pods(cluster)
     head = next(name for name, (kind, _) in pods_before.items() if kind == "head")
@@ -819,13 +823,12 @@ def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
         time.sleep(HEAD_LOSS_WATCH_S)
 
         def recovered() -> bool:
-            pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
-            ready = all(condition(p, "Ready") == "True" for p in pods)
-            rayservice = condition(cluster.get("rayservice", RAYSERVICE), "Ready") == "True"
-            return ready and rayservice and head not in {p["metadata"]["name"] for p in pods}
+            if head in pod_nodes(cluster) or not ray_pods_serving(cluster, len(pods_before)):
+                return False
+            return condition(cluster.get("rayservice", RAYSERVICE), "Ready") == "True"
 
-        wait_for(recovered, "every Ray pod and the RayService Ready", 900, 3)
-        cluster.record("head_deleted_all_ready_again_s", round(time.monotonic() - started, 1))
+        wait_for(recovered, "every Ray pod serving and the RayService Ready", 900, 3)
+        cluster.record("head_deleted_serving_again_s", round(time.monotonic() - started, 1))
         accepted_then = len(client.accepted)
         wait_for(lambda: len(client.accepted) > accepted_then + 20, "202s again", 600, 2)
     cluster.record("head_deleted_pods_before", pods_before)
@@ -850,7 +853,8 @@ from ray.util.state import list_actors
 ray.init(address="auto", logging_level="ERROR")
 ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 actors = list_actors(filters=[("state", "=", "ALIVE")], limit=2000, raise_on_missing_output=False)
-print("PLACED " + json.dumps([[a.class_name, a.name, ips.get(a.node_id)] for a in actors]))
+placed = [[a.class_name, a.name, ips.get(a.node_id)] for a in actors]
+print("PLACED " + json.dumps({"nodes": sorted(ips.values()), "actors": placed}))
 """
 # The driver also prints the autoscaler's events ("(autoscaler +0s) Resized to 3 CPUs.") to
 # stdout, before or after that line: the answer is the line with this mark.
@@ -871,9 +875,17 @@ def pod_nodes(cluster: RealCluster) -> dict[str, tuple[str, str, str]]:
     }
 
 
-def live_actors(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> list[list[str]]:
-    """[class, name, node IP] of every live Ray actor (Ray's state API, read inside the head
-    pod of ``pods``, as :func:`pod_nodes` returns them)."""
+class RayView(NamedTuple):
+    """What the head's Ray knows: the IPs of its live nodes and [class, name, node IP] of
+    every live actor."""
+
+    nodes: set[str]
+    actors: list[list[str]]
+
+
+def ray_view(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> RayView:
+    """Ray's live nodes and actors (its state API, read inside the head pod of ``pods``, as
+    :func:`pod_nodes` returns them)."""
     head = next(name for name, (kind, _, _) in pods.items() if kind == "head")
     out = cluster.kubectl(
         "-n", NAMESPACE, "exec", head, "-c", "ray-head", "--", "python", "-c", PLACEMENT_SCRIPT
@@ -881,7 +893,12 @@ def live_actors(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> 
     placed = [line for line in out.splitlines() if line.startswith(PLACED_MARK)]
     if not placed:
         raise RuntimeError(f"no placement in the head's answer: {out[-500:]!r}")
-    return json.loads(placed[-1].removeprefix(PLACED_MARK))
+    found = json.loads(placed[-1].removeprefix(PLACED_MARK))
+    return RayView(set(found["nodes"]), found["actors"])
+
+
+def live_actors(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> list[list[str]]:
+    return ray_view(cluster, pods).actors
 
 
 def actor_nodes(cluster: RealCluster) -> dict[str, list[str]]:
@@ -907,21 +924,58 @@ def workers_holding_work(cluster: RealCluster) -> set[str]:
     return {name for name, (kind, _, ip) in pods.items() if kind == "worker" and ip in busy}
 
 
-def ready_workers_on_distinct_nodes(cluster: RealCluster) -> bool:
+SERVE_REPLICA = "ServeReplica:"
+
+
+def pod_serving(pod: dict[str, Any], view: RayView) -> bool:
+    """A Ray pod up as it should be: the head Ready; a worker a live Ray node, and Ready if
+    it holds a Serve replica. A worker holding none has no Serve proxy (Ray starts one only
+    where replicas run), so it is unready and out of the Serve Service by design
+    (docs/kubernetes.md, "Probes"), yet it is in Ray and runs consumer actors."""
+    ready = condition(pod, "Ready") == "True"
+    if pod["metadata"]["labels"].get("ray.io/node-type") == "head":
+        return ready
+    ip = pod["status"].get("podIP", "")
+    holds_replica = any(c.startswith(SERVE_REPLICA) and at == ip for c, _, at in view.actors)
+    return ip in view.nodes and (ready or not holds_replica)
+
+
+def ray_pods_serving(
+    cluster: RealCluster, count: int | None = None, names: list[str] | None = None
+) -> bool:
+    """Every Ray pod (``count`` of them, if given; only ``names``, if given) serving as
+    :func:`pod_serving` says."""
+    items = [
+        p
+        for p in cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    if count is not None and len(items) != count:
+        return False
+    pods = pod_nodes(cluster)
+    if not any(kind == "head" for kind, _, _ in pods.values()):
+        return False
+    view = ray_view(cluster, pods)
+    chosen = [p for p in items if names is None or p["metadata"]["name"] in names]
+    return bool(chosen) and all(pod_serving(p, view) for p in chosen)
+
+
+def workers_on_distinct_nodes(cluster: RealCluster) -> bool:
+    """At least the minimum of workers, running, no two on one Kubernetes node."""
     pods = cluster.get("pods", "-l", "ray.io/node-type=worker")["items"]
-    ready = [
+    nodes = [
         p["spec"].get("nodeName")
         for p in pods
-        if not p["metadata"].get("deletionTimestamp") and condition(p, "Ready") == "True"
+        if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"
     ]
-    return len(ready) >= MIN_WORKERS and len(set(ready)) == len(ready)
+    return len(nodes) >= MIN_WORKERS and len(set(nodes)) == len(nodes)
 
 
 @pytest.mark.node_faults
 def test_workers_gateways_and_consumers_spread_over_the_nodes(cluster: RealCluster) -> None:
     """The workers on two nodes, the Gateway replicas (min_replicas 2 in this test) and the
     consumer actors (SPREAD) on both."""
-    wait_for(lambda: ready_workers_on_distinct_nodes(cluster), "workers on two nodes", 300, 3)
+    wait_for(lambda: workers_on_distinct_nodes(cluster), "workers on two nodes", 300, 3)
     placed = wait_for_spread(cluster)
     cluster.record("placement", placed)
 
@@ -953,19 +1007,10 @@ def worker_node_without_head(cluster: RealCluster, among: set[str] | None = None
     return workers[0]
 
 
-def all_ray_pods_ready(cluster: RealCluster, count: int) -> bool:
-    pods = [
-        p
-        for p in cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-    ready = all(condition(p, "Ready") == "True" for p in pods)
-    return len(pods) == count and ready and ready_workers_on_distinct_nodes(cluster)
-
-
 def full_service(cluster: RealCluster, base: str, count: int) -> bool:
-    """Every Ray pod Ready, workers on distinct nodes, the RayService Ready, /health 200."""
-    if not all_ray_pods_ready(cluster, count):
+    """Every Ray pod serving (:func:`ray_pods_serving`), workers on distinct nodes, the
+    RayService Ready, /health 200."""
+    if not (ray_pods_serving(cluster, count) and workers_on_distinct_nodes(cluster)):
         return False
     if condition(cluster.get("rayservice", RAYSERVICE), "Ready") != "True":
         return False
