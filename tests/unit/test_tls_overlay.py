@@ -45,6 +45,20 @@ def _secret_keys() -> set[str]:
     return set(secret["data"])
 
 
+# With GCS fault tolerance KubeRay sets these env vars of the head itself, from these
+# fields of gcsFaultToleranceOptions, and refuses a head that sets them.
+GCS_CREDENTIALS = {"redisPassword": "REDIS_PASSWORD", "redisUsername": "REDIS_USERNAME"}
+
+
+def _set_by_kuberay_on_the_head(cluster: dict[str, Any]) -> dict[str, dict[str, str]]:
+    options = cluster.get("gcsFaultToleranceOptions", {})
+    return {
+        env: options[field]["valueFrom"]["secretKeyRef"]
+        for field, env in GCS_CREDENTIALS.items()
+        if "valueFrom" in options.get(field, {})
+    }
+
+
 def test_the_overlay_is_kuberay_with_the_same_objects(objects):
     assert sorted(o["kind"] for o in objects) == sorted(o["kind"] for o in render(ROOT / "kuberay"))
     assert {o["metadata"]["namespace"] for o in objects} == {"weather"}
@@ -62,13 +76,9 @@ def test_every_ray_container_reads_only_settings_and_its_secrets_exist(objects):
     keys = _secret_keys()
     cluster = _one(objects, "RayService")["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    # With GCS fault tolerance KubeRay sets the head's REDIS_PASSWORD itself, from this ref.
-    gcs_password = cluster.get("gcsFaultToleranceOptions", {}).get("redisPassword", {})
     for pod in _ray_pods(objects):
         container = pod["containers"][0]
-        set_by_kuberay = {}
-        if container is head and "valueFrom" in gcs_password:
-            set_by_kuberay = {"REDIS_PASSWORD": gcs_password["valueFrom"]["secretKeyRef"]}
+        set_by_kuberay = _set_by_kuberay_on_the_head(cluster) if container is head else {}
         names = set(config) | {v["name"] for v in container["env"]} | set(set_by_kuberay)
         unknown = {n for n in names if not n.startswith("RAY_") and n not in fields}
         assert not unknown, f"settings does not read {sorted(unknown)}"
@@ -79,9 +89,25 @@ def test_every_ray_container_reads_only_settings_and_its_secrets_exist(objects):
         } | set_by_kuberay
         for secret in ("KAFKA_SASL_PASSWORD", "RABBITMQ_PASSWORD", "REDIS_PASSWORD"):
             assert secret in refs, f"{secret} must come from the Secret"
+        for login in ("KAFKA_SASL_USERNAME", "REDIS_USERNAME", "VALKEY_USERNAME"):
+            assert login in refs, f"{login} must reach every Ray container"
         for ref in refs.values():
             assert ref["name"] == "weather-credentials" and ref["key"] in keys, ref
         assert not any("PASSWORD" in name for name in config), "a password in the ConfigMap"
+
+
+@pytest.mark.parametrize("kustomization", [ROOT / "kuberay", OVERLAY], ids=["kuberay", "tls"])
+def test_the_head_sets_nothing_kuberay_refuses(kustomization):
+    """KubeRay refuses a RayCluster whose head sets REDIS_USERNAME (always) or, with GCS fault
+    tolerance, REDIS_PASSWORD or RAY_REDIS_ADDRESS: it sets them itself."""
+    cluster = _one(render(kustomization), "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    reserved = {"REDIS_USERNAME"}
+    if "gcsFaultToleranceOptions" in cluster:
+        reserved |= {"REDIS_PASSWORD", "RAY_REDIS_ADDRESS"}
+    env = {v["name"] for v in head["template"]["spec"]["containers"][0].get("env", [])}
+    assert not env & reserved, f"KubeRay refuses a head that sets {sorted(env & reserved)}"
+    assert "redis-username" not in head.get("rayStartParams", {})
 
 
 def test_the_ca_secret_is_mounted_where_the_settings_look(objects):
