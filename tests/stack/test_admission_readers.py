@@ -96,8 +96,10 @@ async def test_the_rabbitmq_reader_reads_bytes_and_limits_without_taking_a_messa
             probe_settings = settings.model_copy(update={"rabbitmq_queue": queue})
             async with RabbitProbe(probe_settings, timeout_s=10) as probe:
                 reading = await probe.backlog()
-                for _ in range(30):  # the management statistics refresh every 5 s
-                    if reading.messages == RECORDS:
+                # The management statistics refresh every 5 s, and a queue's count and bytes
+                # need not arrive in the same refresh (seen under load: 20 messages, 0 bytes).
+                for _ in range(120):
+                    if reading.messages == RECORDS and reading.unconsumed_bytes == RECORDS * 1000:
                         break
                     await asyncio.sleep(0.5)
                     reading = await probe.backlog()
