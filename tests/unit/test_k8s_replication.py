@@ -133,6 +133,9 @@ def test_ray_workers_spread_and_have_a_budget(kuberay):
     (spread,) = workers["template"]["spec"]["topologySpreadConstraints"]
     assert (spread["topologyKey"], spread["maxSkew"]) == (HOSTNAME, 1)
     assert spread["whenUnsatisfiable"] == "DoNotSchedule"
+    # A drained or lost node (tainted) must not count as a place with 0 workers, or no
+    # further worker could go anywhere else until it returned.
+    assert spread.get("nodeTaintsPolicy") == "Honor"
     assert _matches(spread["labelSelector"]["matchLabels"], labels)
     assert spread["matchLabelKeys"] == ["ray.io/cluster"], "count this cluster's workers only"
     budget = _get(kuberay, "PodDisruptionBudget", "ray-workers")["spec"]
@@ -479,8 +482,8 @@ def test_gcs_fault_tolerance_uses_a_redis_of_its_own(kuberay, infra):
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     app = next(v for v in worker["env"] if v["name"] == "REDIS_PASSWORD")
     assert app["valueFrom"]["secretKeyRef"] == key
-    acl = _init(gcs, "acl")["env"][0]["valueFrom"]["secretKeyRef"]
-    assert acl == key
+    acl = {v["name"]: v for v in _init(gcs, "acl")["env"]}
+    assert acl["PASSWORD"]["valueFrom"]["secretKeyRef"] == key
 
 
 def test_ray_pods_read_the_topology_only_when_it_exists(kuberay):
