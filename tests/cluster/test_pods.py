@@ -1065,9 +1065,10 @@ def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
 def test_node_lost_under_load(cluster: RealCluster) -> None:
     """A worker's node lost outright under a retrying client: its kubelet, containerd, shims
     and containers killed by pid at once. The node turns NotReady, its pods are evicted after
-    EVICT_AFTER_S, KubeRay starts a new worker on a node left, Serve and the consumer actors
+    EVICT_AFTER_S, the node is marked out of service (the operator's step for a machine lost
+    for good), KubeRay starts a new worker on a node left, Serve and the consumer actors
     move there, and every 202 is counted once in both stores. Recorded: the time until full
-    service (every Ray pod Ready, workers on distinct nodes, RayService Ready, /health)."""
+    service (:func:`full_service`)."""
     base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
     count = len(pod_nodes(cluster))
     wait_for(lambda: full_service(cluster, base, count), "full service before", 600, 3)
@@ -1082,6 +1083,13 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
         cluster.record("node_lost_killed_pids", len(killed))
         wait_for(lambda: not ready_on(cluster, target), "the node NotReady", 180, 2)
         cluster.record("node_lost_not_ready_s", round(time.monotonic() - started, 1))
+        # Its pods are evicted, yet stay Terminating for as long as the Node exists: no kubelet
+        # confirms, and KubeRay counts them, so no worker replaces them. The machine is gone
+        # for good: marked out of service, as docs/kubernetes.md ("Losing a machine") says
+        # (a cloud's node controller deletes the Node instead).
+        wait_for(lambda: all_evicted(cluster, target), "the lost node's Ray pods evicted", 120, 2)
+        cluster.kubectl("taint", "node", target, f"{OUT_OF_SERVICE}:NoExecute", "--overwrite")
+        cluster.record("node_lost_out_of_service_s", round(time.monotonic() - started, 1))
         wait_for(lambda: full_service(cluster, base, count), "full service on the rest", 900, 3)
         cluster.record("node_lost_full_service_s", round(time.monotonic() - started, 1))
         accepted_then = len(client.accepted)
@@ -1091,6 +1099,19 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
     cluster.record("node_lost_statuses", {str(k): v for k, v in client.seen.items()})
     assert client.accepted
     expect_counted(base, before, client.accepted)
+
+
+# Kubernetes' taint for a node that is shut down for good: the pod garbage collector then
+# deletes the pods it held at once (non-graceful node shutdown).
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service=nodeshutdown"
+
+
+def all_evicted(cluster: RealCluster, node: str) -> bool:
+    """Every Ray pod on ``node`` marked for deletion (evicted), none left running there."""
+    pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
+    return all(
+        p["metadata"].get("deletionTimestamp") for p in pods if p["spec"].get("nodeName") == node
+    )
 
 
 def ready_on(cluster: RealCluster, node: str) -> bool:
