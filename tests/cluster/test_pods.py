@@ -1075,6 +1075,10 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
     # a namespace node: the host's node holds the bridge, DNS and forwarders of all three
     target = worker_node_without_head(cluster, among={n.name for n in cluster.extra})
     lost = next(n for n in cluster.extra if n.name == target)
+    pods_before = pod_nodes(cluster)
+    cluster.record("node_lost_pods_before", pods_before)
+    doomed = [name for name, (_, node, _) in pods_before.items() if node == target]
+    assert doomed, f"no Ray pod on {target}: {pods_before}"
     before = stats(base)
     with RetryingClient(base, retry_on=RETRY_ON) as client:
         time.sleep(5)
@@ -1083,18 +1087,21 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
         cluster.record("node_lost_killed_pids", len(killed))
         wait_for(lambda: not ready_on(cluster, target), "the node NotReady", 180, 2)
         cluster.record("node_lost_not_ready_s", round(time.monotonic() - started, 1))
-        # Its pods are evicted, yet stay Terminating for as long as the Node exists: no kubelet
-        # confirms, and KubeRay counts them, so no worker replaces them. The machine is gone
+        # Its pods are evicted, yet stay Terminating for as long as the Node exists (no kubelet
+        # confirms), and while they do the Ray autoscaler adds no worker. The machine is gone
         # for good: marked out of service, as docs/kubernetes.md ("Losing a machine") says
         # (a cloud's node controller deletes the Node instead).
-        wait_for(lambda: all_evicted(cluster, target), "the lost node's Ray pods evicted", 120, 2)
+        wait_for(lambda: all_evicted(cluster, doomed), "the lost node's Ray pods evicted", 120, 2)
+        cluster.record("node_lost_evicted_s", round(time.monotonic() - started, 1))
         cluster.kubectl("taint", "node", target, f"{OUT_OF_SERVICE}:NoExecute", "--overwrite")
         cluster.record("node_lost_out_of_service_s", round(time.monotonic() - started, 1))
         wait_for(lambda: full_service(cluster, base, count), "full service on the rest", 900, 3)
         cluster.record("node_lost_full_service_s", round(time.monotonic() - started, 1))
         accepted_then = len(client.accepted)
         wait_for(lambda: len(client.accepted) > accepted_then + 20, "202s again", 300, 2)
-    assert target not in {node for _, node, _ in pod_nodes(cluster).values()}
+    pods_after = pod_nodes(cluster)
+    cluster.record("node_lost_pods_after", pods_after)
+    assert target not in {node for _, node, _ in pods_after.values()}
     cluster.record("node_lost_longest_wait_for_202_s", round(client.longest_gap_s, 1))
     cluster.record("node_lost_statuses", {str(k): v for k, v in client.seen.items()})
     assert client.accepted
@@ -1106,12 +1113,11 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service=nodeshutdown"
 
 
-def all_evicted(cluster: RealCluster, node: str) -> bool:
-    """Every Ray pod on ``node`` marked for deletion (evicted), none left running there."""
+def all_evicted(cluster: RealCluster, names: list[str]) -> bool:
+    """Every pod of ``names`` marked for deletion (evicted) or gone."""
     pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
-    return all(
-        p["metadata"].get("deletionTimestamp") for p in pods if p["spec"].get("nodeName") == node
-    )
+    left = {p["metadata"]["name"]: p for p in pods if p["metadata"]["name"] in names}
+    return all(p["metadata"].get("deletionTimestamp") for p in left.values())
 
 
 def ready_on(cluster: RealCluster, node: str) -> bool:
