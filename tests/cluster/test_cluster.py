@@ -223,13 +223,15 @@ def test_infra_services_select_running_pods(cluster, applied):
 
 
 def secret_refs(objects: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
-    """(Secret name, key) of every reference in the rendered objects (key None: whole)."""
+    """(Secret name, key) of every reference in the rendered objects (key None: whole), but
+    the optional keys (the GCS Redis's REDIS_USERNAME: set only with an ACL user)."""
     refs: set[tuple[str, str | None]] = set()
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if isinstance(node.get("secretKeyRef"), dict):
-                refs.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+            ref = node.get("secretKeyRef")
+            if isinstance(ref, dict) and not ref.get("optional"):
+                refs.add((ref["name"], ref["key"]))
             if isinstance(node.get("secretRef"), dict):
                 refs.add((node["secretRef"]["name"], None))
             if isinstance(node.get("secret"), dict) and "secretName" in node["secret"]:
