@@ -5,7 +5,6 @@ kuberay.kustomize (and, where kubectl is installed, compared with `kubectl kusto
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -552,33 +551,6 @@ def test_deployments_probes_resources_security(everything):
     }
     assert {"kafka", "rabbitmq", "redis", "valkey", "grafana", "prometheus"} <= keeps_data
     assert "ray-gcs-redis" in keeps_data
-
-
-def _gcs_acl(kuberay, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the GCS Redis's ACL init container's own script with ``env``, writing to tmp_path."""
-    template = _one(kuberay, "StatefulSet", "ray-gcs-redis")["spec"]["template"]
-    acl = next(c for c in template["spec"]["initContainers"] if c["name"] == "acl")
-    assert {v["name"] for v in acl["env"]} >= {"ACL_FILE", *env}
-    path = str(tmp_path / "users.acl")
-    return subprocess.run(
-        acl["command"], env={"PATH": "/usr/bin:/bin", "ACL_FILE": path, **env},
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-
-
-def test_the_gcs_redis_admits_the_user_the_head_logs_in_as(kuberay, tmp_path):
-    """The head's GCS logs in as REDIS_USERNAME when the Secret has one (KubeRay's
-    gcsFaultToleranceOptions.redisUsername, k8s/external/tls): that user gets the default
-    user's rights and password (only its SHA-256); a name that could break the line fails."""
-    digest = hashlib.sha256(b"p w'd").hexdigest()
-    rights = f"on #{digest} ~* &* +@all -flushall -flushdb"
-    assert _gcs_acl(kuberay, tmp_path, PASSWORD="p w'd").returncode == 0
-    assert (tmp_path / "users.acl").read_text() == f"user default {rights}\n"
-    assert _gcs_acl(kuberay, tmp_path, PASSWORD="p w'd", USERNAME="weather").returncode == 0
-    lines = (tmp_path / "users.acl").read_text().splitlines()
-    assert lines == [f"user default {rights}", f"user weather {rights}"]
-    refused = _gcs_acl(kuberay, tmp_path, PASSWORD="x", USERNAME="a b +@all")
-    assert refused.returncode != 0 and "REDIS_USERNAME" in refused.stderr
 
 
 def test_ray_pods_resources_and_security(rayservice):

@@ -96,11 +96,11 @@ def test_every_ray_container_reads_only_settings_and_its_secrets_exist(objects):
         assert not any("PASSWORD" in name for name in config), "a password in the ConfigMap"
 
 
-@pytest.mark.parametrize("kustomization", [ROOT / "kuberay", OVERLAY], ids=["kuberay", "tls"])
-def test_the_head_sets_nothing_kuberay_refuses(kustomization):
+def test_the_head_sets_nothing_kuberay_refuses(objects):
     """KubeRay refuses a RayCluster whose head sets REDIS_USERNAME (always) or, with GCS fault
-    tolerance, REDIS_PASSWORD or RAY_REDIS_ADDRESS: it sets them itself."""
-    cluster = _one(render(kustomization), "RayService")["spec"]["rayClusterConfig"]
+    tolerance, REDIS_PASSWORD or RAY_REDIS_ADDRESS: it sets them itself (kuberay/ alone:
+    test_k8s_replication.py, GCS fault tolerance)."""
+    cluster = _one(objects, "RayService")["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
     reserved = {"REDIS_USERNAME"}
     if "gcsFaultToleranceOptions" in cluster:
