@@ -76,6 +76,11 @@ EXTRA_NODES = 2  # besides the host's: three in all
 # The pods of a lost node are evicted this long after it turns NotReady (Kubernetes' default
 # toleration is 300 s): the Ray pods of the test tolerate a lost node for 10 s only.
 EVICT_AFTER_S = 10
+# Kubernetes' taint for a node that is shut down for good: the pod garbage collector then
+# deletes the pods it held at once (non-graceful node shutdown).
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service=nodeshutdown"
+
+
 SHORT_TOLERATIONS = [
     {"key": f"node.kubernetes.io/{taint}", "operator": "Exists", "effect": "NoExecute",
      "tolerationSeconds": EVICT_AFTER_S}
@@ -788,14 +793,12 @@ def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCl
 
 def ray_pods(cluster: RealCluster) -> dict[str, tuple[str, int]]:
     """Ray pod name -> (node type, restarts of its Ray container)."""
-    pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
     return {
         p["metadata"]["name"]: (
             p["metadata"]["labels"].get("ray.io/node-type", "?"),
             sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", [])),
         )
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
+        for p in ray_pod_items(cluster)
     }
 
 
@@ -861,17 +864,24 @@ print("PLACED " + json.dumps({"nodes": sorted(ips.values()), "actors": placed}))
 PLACED_MARK = "PLACED "
 
 
-def pod_nodes(cluster: RealCluster) -> dict[str, tuple[str, str, str]]:
-    """Ray pod name -> (node type, Kubernetes node, pod IP), pods not being deleted."""
+def ray_pod_items(cluster: RealCluster) -> list[dict[str, Any]]:
+    """The Ray pods, as the API server has them, but those being deleted."""
     pods = cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def pod_nodes(
+    cluster: RealCluster, items: list[dict[str, Any]] | None = None
+) -> dict[str, tuple[str, str, str]]:
+    """Ray pod name -> (node type, Kubernetes node, pod IP), pods not being deleted (of
+    ``items``, if given)."""
     return {
         p["metadata"]["name"]: (
             p["metadata"]["labels"].get("ray.io/node-type", "?"),
             p["spec"].get("nodeName", ""),
             p["status"].get("podIP", ""),
         )
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
+        for p in (ray_pod_items(cluster) if items is None else items)
     }
 
 
@@ -897,16 +907,12 @@ def ray_view(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> Ray
     return RayView(set(found["nodes"]), found["actors"])
 
 
-def live_actors(cluster: RealCluster, pods: dict[str, tuple[str, str, str]]) -> list[list[str]]:
-    return ray_view(cluster, pods).actors
-
-
 def actor_nodes(cluster: RealCluster) -> dict[str, list[str]]:
     """Ray actor class -> the Kubernetes nodes its live actors run on."""
     pods = pod_nodes(cluster)
     by_ip = {ip: node for _, node, ip in pods.values()}
     placed: dict[str, list[str]] = {}
-    for class_name, _name, ip in live_actors(cluster, pods):
+    for class_name, _name, ip in ray_view(cluster, pods).actors:
         placed.setdefault(class_name, []).append(by_ip.get(ip, f"? {ip}"))
     return placed
 
@@ -919,7 +925,7 @@ PROXY_ACTORS = {"ProxyActor", "HAProxyManager"}
 def workers_holding_work(cluster: RealCluster) -> set[str]:
     """Worker pods on which a Serve replica or a consumer actor lives (not only proxies)."""
     pods = pod_nodes(cluster)
-    actors = live_actors(cluster, pods)
+    actors = ray_view(cluster, pods).actors
     busy = {ip for class_name, _, ip in actors if class_name not in PROXY_ACTORS}
     return {name for name, (kind, _, ip) in pods.items() if kind == "worker" and ip in busy}
 
@@ -941,19 +947,13 @@ def pod_serving(pod: dict[str, Any], view: RayView) -> bool:
 
 
 def ray_pods_serving(
-    cluster: RealCluster, count: int | None = None, names: list[str] | None = None
+    cluster: RealCluster, at_least: int = 0, names: list[str] | None = None
 ) -> bool:
-    """Every Ray pod (``count`` of them, if given; only ``names``, if given) serving as
-    :func:`pod_serving` says."""
-    items = [
-        p
-        for p in cluster.get("pods", "-l", "ray.io/is-ray-node=yes")["items"]
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-    if count is not None and len(items) != count:
-        return False
-    pods = pod_nodes(cluster)
-    if not any(kind == "head" for kind, _, _ in pods.values()):
+    """``at_least`` Ray pods, a head among them, and every one (of ``names``, if given)
+    serving as :func:`pod_serving` says."""
+    items = ray_pod_items(cluster)
+    pods = pod_nodes(cluster, items)
+    if len(items) < at_least or not any(kind == "head" for kind, _, _ in pods.values()):
         return False
     view = ray_view(cluster, pods)
     chosen = [p for p in items if names is None or p["metadata"]["name"] in names]
@@ -1012,9 +1012,7 @@ def full_service(cluster: RealCluster, base: str, count: int) -> bool:
     """At least ``count`` Ray pods, every one serving (:func:`ray_pods_serving`: none pending),
     workers on two nodes, the RayService Ready, /health 200. More pods than before are fine:
     the autoscaler may add a worker while replicas wait for a place."""
-    if len(pod_nodes(cluster)) < count or not ray_pods_serving(cluster):
-        return False
-    if not workers_on_two_nodes(cluster):
+    if not (ray_pods_serving(cluster, count) and workers_on_two_nodes(cluster)):
         return False
     if condition(cluster.get("rayservice", RAYSERVICE), "Ready") != "True":
         return False
@@ -1106,11 +1104,6 @@ def test_node_lost_under_load(cluster: RealCluster) -> None:
     cluster.record("node_lost_statuses", {str(k): v for k, v in client.seen.items()})
     assert client.accepted
     expect_counted(base, before, client.accepted)
-
-
-# Kubernetes' taint for a node that is shut down for good: the pod garbage collector then
-# deletes the pods it held at once (non-graceful node shutdown).
-OUT_OF_SERVICE = "node.kubernetes.io/out-of-service=nodeshutdown"
 
 
 def all_evicted(cluster: RealCluster, names: list[str]) -> bool:
