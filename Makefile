@@ -97,10 +97,11 @@ cluster-build: venv  ## Build the cluster's Go binaries and container images (ca
 cluster-test: apt cluster-build  ## Only the Kubernetes tests (tests/cluster)
 	$(VENV)/bin/pytest -q tests/cluster
 
-# The real-node fault rounds under load (tests/cluster, marker node_faults): a worker's node
-# drained, a node lost with its containers, the Ray head pod deleted. Too long for `make test`.
-node-chaos: apt cluster-build  ## Real nodes drained and lost, the Ray head deleted, under load
-	NODE_FAULTS=1 $(VENV)/bin/pytest -q -m node_faults tests/cluster
+# Every real-node round under load (tests/cluster, marker multi_node): the spread over nodes,
+# a worker's node drained, a node lost with its containers (these three also in `make test`),
+# and the long ones (marker node_faults): a zero-downtime upgrade, the Ray head pod deleted.
+node-chaos: apt cluster-build  ## Real nodes drained and lost, an upgrade, the Ray head deleted, under load
+	NODE_FAULTS=1 $(VENV)/bin/pytest -q -m multi_node tests/cluster
 
 # Stops, by pid, a cluster (and its node) left by `python -m devstack.cluster up|node-up` or a
 # killed test run, and removes the node's bridge and iptables chains by name.

@@ -91,7 +91,10 @@ TOLERATE_BRIEFLY = [
      "value": SHORT_TOLERATIONS}
     for group in ("headGroupSpec", "workerGroupSpecs/0")
 ]  # fmt: skip
-MIN_WORKERS = 2  # kuberay/rayservice.yaml's minReplicas
+WORKER_GROUP = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())["spec"][
+    "rayClusterConfig"
+]["workerGroupSpecs"][0]
+MIN_WORKERS = WORKER_GROUP["minReplicas"]
 # Ray sizes each worker at 1 CPU (its pod's limit is 2): the two workers then hold what one
 # did before, so the autoscaler test's load still needs a worker more.
 WORKER_RAY_CPUS = [
@@ -636,6 +639,7 @@ def active_cluster(cluster: RealCluster) -> str | None:
     return status.get("activeServiceStatus", {}).get("rayClusterName")
 
 
+@pytest.mark.multi_node
 @pytest.mark.node_faults
 def test_zero_downtime_upgrade(cluster: RealCluster) -> None:
     """A change to rayClusterConfig under a retrying client: a new RayCluster comes up, the
@@ -732,14 +736,25 @@ class Load:
             thread.join(timeout=30)
 
 
+@pytest.mark.multi_node
+def test_workers_gateways_and_consumers_spread_over_the_nodes(cluster: RealCluster) -> None:
+    """The workers on two nodes, the Gateway replicas (min_replicas 2 in this test) and the
+    consumer actors (SPREAD) on both, as Serve and Ray place them. Before the autoscaler
+    test: after a scale-down the workers left may share a node (a spread constraint acts
+    only when a pod is scheduled) and Serve does not move replicas (docs/kubernetes.md,
+    "Scaling")."""
+    wait_for(lambda: workers_on_two_nodes(cluster), "workers on two nodes", 300, 3)
+    placed = wait_for_spread(cluster)
+    cluster.record("placement", placed)
+
+
 def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCluster) -> None:
     """Load: Serve adds replicas beyond the minimum workers' CPUs and the in-tree autoscaler
     adds a worker pod, with no tweet refused for a backlog admission could not read; idle:
     Serve returns to its minimum replicas and the autoscaler removes every worker left
     without work (the added one may keep a replica: Serve does not move running ones)."""
     base = f"http://{serve_service(cluster)['spec']['clusterIP']}:8000"
-    first = worker_pods(cluster)
-    assert len(first) == MIN_WORKERS, first
+    first = back_to_the_minimum_of_workers(cluster)
     started = time.monotonic()
     with Load(base) as load:
         seen: dict[str, Any] = {}
@@ -777,18 +792,38 @@ def test_autoscaler_adds_a_worker_under_load_and_removes_it_idle(cluster: RealCl
     wait_for(lambda: serve_replicas(cluster) == IDLE_REPLICAS, "Serve back at its minimum", 600, 5)
     cluster.record("autoscaler_serve_minimum_s", round(time.monotonic() - idle, 1))
     left: dict[str, Any] = {}
-
-    def no_idle_worker_left() -> bool:
-        """The minimum again, or more workers each still holding work: Serve's default
-        (spread) placement does not move a replica off the added worker, and a worker
-        with a replica is not idle (docs/kubernetes.md, "Scaling")."""
-        workers = set(worker_pods(cluster))
-        left["workers"], left["holding_work"] = sorted(workers), workers_holding_work(cluster)
-        return len(workers) == MIN_WORKERS or workers == left["holding_work"]
-
-    wait_for(no_idle_worker_left, "every idle worker removed", 900, 5)
+    wait_for(lambda: no_idle_worker(cluster, left), "every idle worker removed", 900, 5)
     cluster.record("autoscaler_idle_workers_removed_s", round(time.monotonic() - idle, 1))
     cluster.record("autoscaler_workers_left", len(left["workers"]))
+
+
+def no_idle_worker(cluster: RealCluster, seen: dict[str, Any]) -> bool:
+    """The minimum of workers, or more each still holding work: Serve's default (spread)
+    placement does not move a replica off a worker added earlier, and a worker with a
+    replica is not idle (docs/kubernetes.md, "Scaling"). ``seen`` keeps what was found."""
+    workers = set(worker_pods(cluster))
+    seen["workers"], seen["holding_work"] = sorted(workers), workers_holding_work(cluster)
+    return len(workers) == MIN_WORKERS or workers == seen["holding_work"]
+
+
+def back_to_the_minimum_of_workers(cluster: RealCluster) -> list[str]:
+    """The minimum of workers, for a test that needs the autoscaler to add one. A worker
+    added earlier (by a load, or while the cluster came up) that still holds a replica is
+    never idle, so it stays: the newest such workers are deleted (Serve and the consumer
+    supervisor place their replicas and actors on the others; KubeRay's replacement is idle
+    and the autoscaler removes it)."""
+    seen: dict[str, Any] = {}
+    wait_for(lambda: no_idle_worker(cluster, seen), "no idle worker", 600, 5)
+    pods = cluster.get("pods", "-l", "ray.io/node-type=worker")["items"]
+    by_age = sorted((p["metadata"]["creationTimestamp"], p["metadata"]["name"]) for p in pods)
+    extra = [name for _, name in by_age if name in seen["workers"]][MIN_WORKERS:]
+    cluster.record("workers_deleted_for_the_minimum", extra)
+    if extra:
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod", "--wait=false", *extra)
+        wait_for(lambda: len(worker_pods(cluster)) == MIN_WORKERS, "the minimum of workers", 900, 5)
+    first = worker_pods(cluster)
+    wait_for(lambda: ray_pods_serving(cluster, names=first), "the workers serving", 600, 3)
+    return first
 
 
 def ray_pods(cluster: RealCluster) -> dict[str, tuple[str, int]]:
@@ -805,6 +840,7 @@ def ray_pods(cluster: RealCluster) -> dict[str, tuple[str, int]]:
 HEAD_LOSS_WATCH_S = 150  # past Ray's 60 s GCS reconnect timeout of the workers' raylets
 
 
+@pytest.mark.multi_node
 @pytest.mark.node_faults
 def test_head_pod_deletion_under_load(cluster: RealCluster) -> None:
     """The head pod deleted under a retrying client, with GCS fault tolerance (the GCS Redis
@@ -972,15 +1008,6 @@ def workers_on_two_nodes(cluster: RealCluster) -> bool:
     return len(nodes) >= MIN_WORKERS and len(set(nodes)) >= 2
 
 
-@pytest.mark.node_faults
-def test_workers_gateways_and_consumers_spread_over_the_nodes(cluster: RealCluster) -> None:
-    """The workers on two nodes, the Gateway replicas (min_replicas 2 in this test) and the
-    consumer actors (SPREAD) on both."""
-    wait_for(lambda: workers_on_two_nodes(cluster), "workers on two nodes", 300, 3)
-    placed = wait_for_spread(cluster)
-    cluster.record("placement", placed)
-
-
 def wait_for_spread(cluster: RealCluster, timeout: float = 300) -> dict[str, list[str]]:
     """Gateway replicas and the consumer actors each on two nodes at least."""
     found: dict[str, list[str]] = {}
@@ -993,7 +1020,10 @@ def wait_for_spread(cluster: RealCluster, timeout: float = 300) -> dict[str, lis
         consumers = set(found.get(wanted[1], []) + found.get(wanted[2], []))
         return len(gateways) >= 2 and len(consumers) >= 2
 
-    wait_for(spread, "Gateways and consumers on two nodes at least", timeout, 5)
+    try:
+        wait_for(spread, "Gateways and consumers on two nodes at least", timeout, 5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; actors on nodes: {found}") from None
     return dict(found)
 
 
@@ -1022,7 +1052,7 @@ def full_service(cluster: RealCluster, base: str, count: int) -> bool:
 RETRY_ON = (None, 404, 500, 502, 503, 504)
 
 
-@pytest.mark.node_faults
+@pytest.mark.multi_node
 def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
     """``kubectl drain`` of a worker's node under a retrying client: the eviction goes through
     the workers' PodDisruptionBudget (one worker always available), the worker comes back on
@@ -1059,7 +1089,7 @@ def test_drain_of_a_worker_node_under_load(cluster: RealCluster) -> None:
     expect_counted(base, before, client.accepted)
 
 
-@pytest.mark.node_faults
+@pytest.mark.multi_node
 def test_node_lost_under_load(cluster: RealCluster) -> None:
     """A worker's node lost outright under a retrying client: its kubelet, containerd, shims
     and containers killed by pid at once. The node turns NotReady, its pods are evicted after
