@@ -674,8 +674,16 @@ def test_zero_downtime_upgrade(cluster: RealCluster) -> None:
 
 
 def worker_pods(cluster: RealCluster) -> list[str]:
+    """The worker pods not being deleted, oldest first."""
     pods = cluster.get("pods", "-l", "ray.io/node-type=worker")["items"]
-    return sorted(p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp"))
+    return [
+        name
+        for _, name in sorted(
+            (p["metadata"]["creationTimestamp"], p["metadata"]["name"])
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+        )
+    ]
 
 
 def refusal_reason(answer: httpx.Response) -> str:
@@ -812,11 +820,8 @@ def back_to_the_minimum_of_workers(cluster: RealCluster) -> list[str]:
     never idle, so it stays: the newest such workers are deleted (Serve and the consumer
     supervisor place their replicas and actors on the others; KubeRay's replacement is idle
     and the autoscaler removes it)."""
-    seen: dict[str, Any] = {}
-    wait_for(lambda: no_idle_worker(cluster, seen), "no idle worker", 600, 5)
-    pods = cluster.get("pods", "-l", "ray.io/node-type=worker")["items"]
-    by_age = sorted((p["metadata"]["creationTimestamp"], p["metadata"]["name"]) for p in pods)
-    extra = [name for _, name in by_age if name in seen["workers"]][MIN_WORKERS:]
+    wait_for(lambda: no_idle_worker(cluster, {}), "no idle worker", 600, 5)
+    extra = worker_pods(cluster)[MIN_WORKERS:]
     cluster.record("workers_deleted_for_the_minimum", extra)
     if extra:
         cluster.kubectl("-n", NAMESPACE, "delete", "pod", "--wait=false", *extra)
