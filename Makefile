@@ -97,9 +97,9 @@ cluster-build: venv  ## Build the cluster's Go binaries and container images (ca
 cluster-test: apt cluster-build  ## Only the Kubernetes tests (tests/cluster)
 	$(VENV)/bin/pytest -q tests/cluster
 
-# Every real-node round under load (tests/cluster, marker multi_node): the spread over nodes,
-# a worker's node drained, a node lost with its containers (these three also in `make test`),
-# and the long ones (marker node_faults): a zero-downtime upgrade, the Ray head pod deleted.
+# Every real-node round (tests/cluster, marker multi_node): a worker's node drained and a node
+# lost with its containers, under load (these two also in `make test`), and those marked
+# node_faults: a zero-downtime upgrade, the Ray head pod deleted, the spread over nodes.
 node-chaos: apt cluster-build  ## Real nodes drained and lost, an upgrade, the Ray head deleted, under load
 	NODE_FAULTS=1 $(VENV)/bin/pytest -q -m multi_node tests/cluster
 
